@@ -1,0 +1,19 @@
+// The schemas of every rtseg op, in one place. Kernels register against them per device in
+// csrc/cpu/<op>.cpp (CPU) and csrc/cuda/<op>_glue.cpp (CUDA); Triton kernels register from Python.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing rtseg_ops._C runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(rtseg, m) {
+  m.def("grouped_flow_warp(Tensor input, Tensor flow, int groups, str padding_mode, "
+        "bool align_corners) -> Tensor");
+  m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
+        "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,15 @@
+"""rtseg_ops: fused kernels for real-time semantic segmentation, as PyTorch autograd ops.
+
+Every op is a ``torch.ops.rtseg`` custom op with CPU (C++) and CUDA (CUDA C++ or Triton) kernels,
+a fake kernel for torch.compile, registered autograd, and a PyTorch reference in
+``rtseg_ops.reference`` that defines its semantics (../shared/specs/ops.md). ``backend_table()``
+says which implementation each op runs on each device in this build.
+"""
+from . import reference
+from ._backend import backend_table, extension_loaded
+from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+
+__all__ = [
+    "reference", "backend_table", "extension_loaded",
+    "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+]

@@ -1,0 +1,69 @@
+"""Which implementation runs each op: the extension's kernel for the tensor's device or the
+PyTorch reference.
+
+Kernels are whatever is registered on `torch.ops.rtseg.<op>` for a dispatch key: C++ (CPU),
+CUDA C++ (CUDA) or Triton (registered as the CUDA implementation from Python). Availability is
+read once, when the op module registers itself, so the per-call decision is a dict lookup that
+torch.compile traces without a graph break.
+"""
+import warnings
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing it registers the schemas and C++/CUDA kernels)
+    EXTENSION_ERROR = None
+except ImportError as exc:  # not built, or built with RTSEG_NO_EXT=1
+    EXTENSION_ERROR = exc
+
+_DEVICE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+# op -> {device type: kernel kind ("C++", "CUDA", "Triton")} as declared by the op module.
+_DECLARED = {}
+# (op, device type) -> kernel registered in this build
+_AVAILABLE = {}
+_WARNED = set()
+
+
+def extension_loaded():
+    return EXTENSION_ERROR is None
+
+
+def register_op(name, **kinds):
+    """Declare op `name`'s kernel kind per device type, e.g. register_op("x", cpu="C++",
+    cuda="Triton"), and record which of them this build actually registered."""
+    _DECLARED[name] = dict(kinds)
+    for device_type, key in _DEVICE_KEYS.items():
+        _AVAILABLE[(name, device_type)] = extension_loaded() and device_type in kinds and \
+            torch._C._dispatch_has_kernel_for_dispatch_key(f"rtseg::{name}", key)
+
+
+def use_kernel(name, device_type):
+    """True when op `name` has a kernel for `device_type`; otherwise warn once and return False
+    so the caller runs the reference."""
+    if _AVAILABLE.get((name, device_type), False):
+        return True
+    if (name, device_type) not in _WARNED:
+        _WARNED.add((name, device_type))
+        if not extension_loaded():
+            why = f"the rtseg_ops._C extension is not importable ({EXTENSION_ERROR})"
+        elif device_type in _DECLARED.get(name, {}):
+            why = f"this build has no {_DECLARED[name][device_type]} kernel for {device_type}"
+        else:
+            why = f"rtseg has no kernel for {device_type}"
+        warnings.warn(f"rtseg_ops.{name}: {why}; running the PyTorch reference instead",
+                      RuntimeWarning, stacklevel=3)
+    return False
+
+
+def backend_table():
+    """One row per op: the implementation each device uses in this build."""
+    rows = []
+    for name, kinds in _DECLARED.items():
+        row = {"op": name}
+        for device_type in _DEVICE_KEYS:
+            if _AVAILABLE[(name, device_type)]:
+                row[device_type] = kinds[device_type]
+            else:
+                row[device_type] = "reference"
+        rows.append(row)
+    return rows

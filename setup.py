@@ -1,0 +1,80 @@
+"""Build rtseg_ops._C: CPU kernels always, CUDA kernels when torch and nvcc allow it.
+
+Environment switches:
+  RTSEG_NO_EXT=1          build no extension; rtseg_ops then runs on the PyTorch references.
+  FORCE_CUDA=1            build the CUDA kernels even when torch.cuda.is_available() is False
+                          (needs a CUDA build of torch: the glue includes torch's CUDA headers).
+  TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0+PTX".
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _say(msg):
+    print(f"[rtseg setup] {msg}", flush=True)
+
+
+def _cuda_decision(torch):
+    """(build_cuda, reason)."""
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        if torch.version.cuda is None:
+            raise RuntimeError(
+                "FORCE_CUDA=1 but this torch is a CPU-only build (torch.version.cuda is None): the "
+                "CUDA glue needs torch's CUDA headers. Install a CUDA build of torch, or unset "
+                "FORCE_CUDA (`make cuda-check` compiles the .cu kernels without torch).")
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    from torch.utils.cpp_extension import CUDA_HOME
+    if CUDA_HOME is None or shutil.which("nvcc") is None and not os.path.exists(
+            os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return False, "nvcc was not found (set CUDA_HOME)"
+    return True, f"torch {torch.__version__} has CUDA {torch.version.cuda} and nvcc was found"
+
+
+def _extensions():
+    if os.environ.get("RTSEG_NO_EXT", "0") == "1":
+        _say("RTSEG_NO_EXT=1: building no extension; every op runs on its PyTorch reference")
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    build_cuda, reason = _cuda_decision(torch)
+    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    # -fopenmp: at::parallel_for is an inline OpenMP region; without it the kernels run serially.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wno-unused-parameter"]
+    if build_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_glue.cpp"))
+        _say(f"building CPU and CUDA kernels ({reason}); "
+             f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        ext = CUDAExtension(
+            "rtseg_ops._C", sources, include_dirs=include_dirs,
+            define_macros=[("RTSEG_WITH_CUDA", "1")], extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags,
+                                "nvcc": ["-O3", "-std=c++17", "-lineinfo"]})
+    else:
+        _say(f"building CPU kernels only ({reason})")
+        ext = CppExtension("rtseg_ops._C", sources, include_dirs=include_dirs, extra_link_args=["-fopenmp"],
+                           extra_compile_args={"cxx": cxx_flags})
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="rtseg",
+    version="0.1.0",
+    description="Fused CUDA/Triton/C++ kernels for real-time semantic segmentation networks",
+    packages=find_packages(include=["rtseg_ops", "rtseg_ops.*", "rtseg_models", "rtseg_models.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

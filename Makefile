@@ -1,0 +1,60 @@
+# make test   : set up the environment, build, run every test, then `make cuda-check` if nvcc exists
+# make bench  : set up, build, run the benchmarks and print the speedup table
+# make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# A Python that already imports torch (e.g. a GPU machine's CUDA torch) is used as is;
+# otherwise a local .venv gets the pinned CPU build.
+TORCH_PIN := torch==2.13.0
+DEV_DEPS := triton pytest pytest-benchmark numpy ninja expecttest
+PYTHON := $(shell if [ -x .venv/bin/python ]; then echo .venv/bin/python; \
+	elif python3 -c 'import torch' >/dev/null 2>&1; then echo python3; \
+	else echo .venv/bin/python; fi)
+NVCC := $(shell command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+CUDA_ARCHS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+BUILD_LOG := build/pip-install.log
+
+.PHONY: env build test test-py cuda-check bench clean
+
+env:
+	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -f .venv/.ready ]; then \
+		echo "[make] no usable torch found: creating .venv with $(TORCH_PIN)"; \
+		python3 -m venv .venv; \
+		.venv/bin/python -m pip install -q --upgrade pip; \
+		.venv/bin/python -m pip install -q $(TORCH_PIN) $(DEV_DEPS); \
+		touch .venv/.ready; \
+	fi
+	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark"), ("expecttest", "expecttest")] if u.find_spec(i) is None))'); \
+	if [ -n "$$missing" ]; then echo "[make] installing $$missing"; $(PYTHON) -m pip install -q $$missing; fi
+	@$(PYTHON) -c 'import torch; print(f"[make] python: $(PYTHON), torch {torch.__version__}, cuda {torch.cuda.is_available()}")'
+
+build: env
+	@mkdir -p build
+	@if ! $(PYTHON) -m pip install -v --no-build-isolation -e . > $(BUILD_LOG) 2>&1; then \
+		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
+	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
+
+test: build
+	$(PYTHON) -m pytest tests -q -ra
+	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; \
+	else echo "[make] nvcc not found: skipping cuda-check"; fi
+
+cuda-check:
+	@test -n "$(NVCC)" || { echo "cuda-check needs nvcc"; exit 1; }
+	@mkdir -p build/cuda-check
+	@for f in csrc/cuda/*.cu; do \
+		[ -e "$$f" ] || continue; \
+		echo "[cuda-check] $$f"; \
+		$(NVCC) -c -std=c++17 -O3 -Icsrc $(CUDA_ARCHS) -Werror all-warnings \
+			-Xcompiler -Wall,-Wextra,-Werror -o build/cuda-check/$$(basename $$f .cu).o $$f; \
+	done
+	@echo "[cuda-check] ok"
+
+bench: build
+	@mkdir -p benchmarks/results
+	$(PYTHON) -m pytest benchmarks --benchmark-only -q --benchmark-json=benchmarks/results/latest.json
+	$(PYTHON) benchmarks/make_table.py benchmarks/results/latest.json
+
+clean:
+	rm -rf build *.egg-info rtseg_ops/_C*.so

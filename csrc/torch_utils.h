@@ -13,6 +13,20 @@ inline Strided4 strided4(const at::Tensor& t) {
           t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
+// Element type for the CUDA launchers (which see no torch types).
+inline DType to_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default:
+      TORCH_CHECK(false, name, ": expected float32, float64, float16 or bfloat16, got ",
+                  t.scalar_type());
+  }
+  return DType::Float32;
+}
+
 inline Padding parse_padding(const std::string& mode) {
   TORCH_CHECK(mode == "zeros" || mode == "border",
               "padding_mode: expected \"zeros\" or \"border\", got \"", mode, "\"");

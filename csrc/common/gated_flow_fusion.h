@@ -43,9 +43,11 @@ RTSEG_HD UpsampledWarpTaps<T> upsampled_warp_taps(const BilinearTaps<T>& corners
                                                   int64_t W, int64_t h, int64_t w, int64_t sy,
                                                   int64_t sx) {
   UpsampledWarpTaps<T> taps;
+  RTSEG_UNROLL
   for (int k = 0; k < 4; ++k) {
     const auto up = align_corners_upsample_taps<T>(corners.row[k], corners.col[k], H, W, h, w, sy,
                                                    sx);
+    RTSEG_UNROLL
     for (int j = 0; j < 4; ++j) {
       taps.offset[4 * k + j] = up.offset[j];
       taps.weight[4 * k + j] = corners.weight[k] * up.weight[j];

@@ -135,11 +135,23 @@ def test_compile_fullgraph():
     check_compile(fn, args)
 
 
+# Large enough for the CPU kernels to split the work between threads (one batch item and one
+# group also splits the backward's channels into slices whose sums are added afterwards).
+THREADED = dict(B=1, C=16, groups=1, high_hw=(48, 64), low_hw=(13, 17), flow_scale=5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_deterministic_backward(device):
-    args = make_inputs(B=2, C=16, groups=2, high_hw=(24, 31), low_hw=(7, 9), flow_scale=5,
-                       device=device)
-    check_deterministic(op, args + (2,))
+def test_threaded_matches_reference(device):
+    args = make_inputs(**THREADED, dtype=torch.float64, device=device)
+    check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [THREADED, dict(B=2, C=16, groups=2, high_hw=(24, 31),
+                                                 low_hw=(7, 9), flow_scale=5)])
+def test_deterministic_backward(device, case):
+    args = make_inputs(**case, device=device)
+    check_deterministic(op, args + (case["groups"],))
 
 
 def test_module():

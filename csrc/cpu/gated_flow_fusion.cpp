@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/gated_flow_fusion.h"
@@ -11,6 +12,13 @@
 
 namespace rtseg {
 namespace {
+
+// Tasks per thread so that each chunk of a parallel loop does at least this many pixel-channel
+// updates: small calls (gradcheck's) then run inline instead of waking threads.
+constexpr int64_t kMinWorkPerChunk = 32768;
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kMinWorkPerChunk / std::max<int64_t>(1, work_per_task));
+}
 
 template <typename T> struct FusionArgs {
   const T *high, *low, *flow_high, *flow_low, *gate_high, *gate_low;
@@ -78,7 +86,7 @@ template <typename T> struct FusionRow {
 template <typename T>
 void forward(const FusionArgs<T>& a, T* out, Strided4 os) {
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, cg = a.hs.c / a.groups;
-  at::parallel_for(0, B * a.groups * H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * a.groups * H, grain_for(W * cg), [&](int64_t begin, int64_t end) {
     FusionRow<T> row(W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % H, g = (task / H) % a.groups, b = task / (H * a.groups);
@@ -110,7 +118,8 @@ void backward(const FusionArgs<T>& a, const T* grad_out, Strided4 gs, T* grad_hi
               T* partials, int64_t slices) {
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, cg = a.hs.c / a.groups;
   const int64_t per_slice = (cg + slices - 1) / slices;
-  at::parallel_for(0, B * a.groups * slices, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * a.groups * slices, grain_for(H * W * per_slice),
+                   [&](int64_t begin, int64_t end) {
     FusionRow<T> row(W);
     std::vector<T> sums(kFusionSums * W);
     for (int64_t task = begin; task < end; ++task) {
@@ -169,7 +178,7 @@ void finalize(const FusionArgs<T>& a, const T* partials, int64_t slices, T* grad
               T* grad_flow_low, T* grad_gate_high, T* grad_gate_low) {
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, G = a.groups, HW = H * W;
   const auto slope = flow_warp_position<T>(0, 0, T(0), T(0), H, W, H, W, true);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * H, grain_for(W * G), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % H, b = task / H;
       for (int64_t x = 0; x < W; ++x) {

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import rtseg_ops
-from bench_harness import DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark, tensor_bytes
+from bench_harness import (DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark,
+                           tensor_bytes)
 from test_gated_flow_fusion import make_inputs
 
 IMPLS = {"rtseg": rtseg_ops.gated_flow_fusion, "reference": rtseg_ops.reference.gated_flow_fusion}

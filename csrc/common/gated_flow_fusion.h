@@ -33,7 +33,9 @@ RTSEG_HD BilinearTaps<T> fusion_warp_corners(int64_t x, int64_t y, T dx, T dy, i
 // The warp of the upsampled low map at one pixel as 16 taps of the h x w low plane: each of the
 // four warp corners in the H x W upsampled grid is itself four taps of low. Weights and their
 // derivatives with respect to the sampling position (in pixels of the upsampled grid) are the
-// products of both levels' weights. Corners outside the grid carry zero coefficients.
+// products of both levels' weights. Neighbouring upsampled pixels mostly read the same low
+// pixels, so taps with equal offsets are merged into the first of them and the others get zero
+// coefficients, as do corners outside the grid: kernels skip taps whose coefficients are all 0.
 template <typename T> struct UpsampledWarpTaps {
   int64_t offset[16];
   T weight[16], dweight_dx[16], dweight_dy[16];
@@ -55,7 +57,27 @@ RTSEG_HD UpsampledWarpTaps<T> upsampled_warp_taps(const BilinearTaps<T>& corners
       taps.dweight_dy[4 * k + j] = corners.dweight_dy[k] * up.weight[j];
     }
   }
+  RTSEG_UNROLL
+  for (int i = 1; i < 16; ++i) {
+    bool merged = false;
+    RTSEG_UNROLL
+    for (int j = 0; j < i; ++j) {
+      // Earlier duplicates were already merged into their first occurrence, so the first equal
+      // offset found is that occurrence.
+      if (!merged && taps.offset[j] == taps.offset[i]) {
+        taps.weight[j] += taps.weight[i];
+        taps.dweight_dx[j] += taps.dweight_dx[i];
+        taps.dweight_dy[j] += taps.dweight_dy[i];
+        taps.weight[i] = taps.dweight_dx[i] = taps.dweight_dy[i] = T(0);
+        merged = true;
+      }
+    }
+  }
   return taps;
+}
+
+template <typename T> RTSEG_HD bool tap_is_zero(const UpsampledWarpTaps<T>& taps, int i) {
+  return taps.weight[i] == T(0) && taps.dweight_dx[i] == T(0) && taps.dweight_dy[i] == T(0);
 }
 
 // Backward: per pixel and group, sums over the group's channels of grad_output times the warped

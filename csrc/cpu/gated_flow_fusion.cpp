@@ -1,6 +1,6 @@
 // gated_flow_fusion on the CPU: per output row and group, the taps of both warps (the low warp's
-// 16 taps merged by address, since neighbouring upsampled pixels share low pixels) are computed
-// once and reused by all of the group's channels; the upsampled low map is never stored.
+// merged 16 taps without the zero ones) are computed once and reused by all of the group's
+// channels; the upsampled low map is never stored.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -82,18 +82,12 @@ template <typename T> struct FusionRow {
       const auto taps = upsampled_warp_taps<T>(corners, H, W, a.ls.h, a.ls.w, a.ls.sh, a.ls.sw);
       low_begin[x] = n;
       for (int i = 0; i < 16; ++i) {
-        if (taps.weight[i] == T(0) && taps.dweight_dx[i] == T(0) && taps.dweight_dy[i] == T(0))
-          continue;
-        int64_t m = low_begin[x];
-        while (m < n && low_offset[m] != taps.offset[i]) ++m;
-        if (m == n) {
-          low_offset[n] = taps.offset[i];
-          low_weight[n] = low_dx[n] = low_dy[n] = T(0);
-          ++n;
-        }
-        low_weight[m] += taps.weight[i];
-        low_dx[m] += taps.dweight_dx[i];
-        low_dy[m] += taps.dweight_dy[i];
+        if (tap_is_zero(taps, i)) continue;
+        low_offset[n] = taps.offset[i];
+        low_weight[n] = taps.weight[i];
+        low_dx[n] = taps.dweight_dx[i];
+        low_dy[n] = taps.dweight_dy[i];
+        ++n;
       }
     }
     low_begin[W] = n;

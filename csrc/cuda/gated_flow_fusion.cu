@@ -1,6 +1,7 @@
 // gated_flow_fusion CUDA kernels. A thread computes one pixel's taps of both warps once (the
-// low warp's 16 taps read the upsampled map from `low` on the fly, common/gated_flow_fusion.h)
-// and applies them to several channels of its group.
+// low warp's 16 taps read the upsampled map from `low` on the fly, merged by address so that
+// typically 4 to 9 are read and scattered, common/gated_flow_fusion.h) and applies them to
+// several channels of its group.
 #include "cuda/cuda_utils.cuh"
 #include "cuda/gated_flow_fusion.cuh"
 
@@ -78,7 +79,9 @@ __global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, Ga
 #pragma unroll
       for (int k = 0; k < 4; ++k) vh += th.weight[k] * to_acc(hp[th.offset[k]]);
 #pragma unroll
-      for (int k = 0; k < 16; ++k) vl += tl.weight[k] * to_acc(lp[tl.offset[k]]);
+      for (int k = 0; k < 16; ++k) {
+        if (tl.weight[k] != A(0)) vl += tl.weight[k] * to_acc(lp[tl.offset[k]]);
+      }
       out[b * os.sn + c * os.sc + y * os.sh + x * os.sw] = from_acc<T>(scale_low * vl +
                                                                        scale_high * vh);
     }
@@ -133,6 +136,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inp
       v = vx = vy = A(0);
 #pragma unroll
       for (int k = 0; k < 16; ++k) {
+        if (tap_is_zero(tl, k)) continue;  // merged duplicates and taps outside the map
         const A val = to_acc(lp[tl.offset[k]]);
         v += tl.weight[k] * val;
         vx += tl.dweight_dx[k] * val;

@@ -89,6 +89,29 @@ def test_zero_flow_and_gate_is_upsample_plus_high(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_unused_taps_do_not_leak_inf(device):
+    """Samples that leave the map read nothing: an inf stored at pixel (0, 0) of high and low,
+    where unused taps point, must not turn their zero weights into nan, in the output or in any
+    gradient."""
+    high, low, fh, fl, gh, gl = make_inputs(C=4, groups=2, dtype=torch.float64, device=device)
+    high[:, :, 0, 0] = float("inf")
+    low[:, :, 0, 0] = float("inf")
+    for flow in (fh, fl):
+        flow[:, :, 3:, 3:] = 1e3  # far outside: every tap of these pixels is unused
+    args = [t.clone().requires_grad_() for t in (high, low, fh, fl, gh, gl)]
+    out = op(*args, 2)
+    assert torch.equal(out[:, :, 3:, 3:], torch.zeros_like(out[:, :, 3:, 3:]))
+    grad = torch.zeros_like(out)
+    grad[:, :, 3:, 3:] = 1.0
+    grads = torch.autograd.grad(out, args, grad)
+    # Per-pixel gradients are checked where the samples left the map: elsewhere they may read
+    # the inf legitimately (times a zero grad_output, as the reference does).
+    for name, g in zip(("high", "low", "flow_high", "flow_low", "gate_high", "gate_low"), grads):
+        g = g if name in ("high", "low") else g[:, :, 3:, 3:]
+        assert torch.isfinite(g).all(), f"grad of {name} is not finite"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch(device):
     args = [t.requires_grad_() for t in make_inputs(B=0, C=4, groups=2, device=device)]
     out = op(*args, 2)

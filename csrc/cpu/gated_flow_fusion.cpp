@@ -113,6 +113,7 @@ void forward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t b
     const auto& t = row.high[x];
     T vh[N] = {}, vl[N] = {};
     for (int k = 0; k < 4; ++k) {
+      if (t.weight[k] == T(0)) continue;  // unused corners read nothing: see interpolate()
       const int64_t offset = t.offset[k];
       const T weight = t.weight[k];
       for (int j = 0; j < N; ++j) vh[j] += weight * hp[j][offset];
@@ -173,6 +174,7 @@ void backward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t 
     const auto& t = row.high[x];
     T v[N] = {}, vx[N] = {}, vy[N] = {};
     for (int k = 0; k < 4; ++k) {
+      if (!corner_used(t, k)) continue;
       const int64_t offset = t.offset[k];
       for (int j = 0; j < N; ++j) {
         const T val = hp[j][offset];

@@ -75,9 +75,8 @@ __global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, Ga
     for (int64_t c = c_begin; c < c_end; ++c) {
       const T* hp = p.high + b * a.high.sn + c * a.high.sc;
       const T* lp = p.low + b * a.low.sn + c * a.low.sc;
-      A vh = A(0), vl = A(0);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) vh += th.weight[k] * to_acc(hp[th.offset[k]]);
+      A vl = A(0);
+      const A vh = interpolate(th, [hp](int64_t o) { return to_acc(hp[o]); });
 #pragma unroll
       for (int k = 0; k < 16; ++k) {
         if (tl.weight[k] != A(0)) vl += tl.weight[k] * to_acc(lp[tl.offset[k]]);
@@ -121,6 +120,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inp
       A v = A(0), vx = A(0), vy = A(0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
+        if (!corner_used(th, k)) continue;  // outside: see interpolate()
         const A val = to_acc(hp[th.offset[k]]);
         v += th.weight[k] * val;
         vx += th.dweight_dx[k] * val;

@@ -16,4 +16,7 @@ TORCH_LIBRARY(rtseg, m) {
         "bool align_corners) -> Tensor");
   m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
         "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
+  m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
+        "bool count_include_pad) -> Tensor");
 }

@@ -8,8 +8,10 @@ says which implementation each op runs on each device in this build.
 from . import reference
 from ._backend import backend_table, extension_loaded
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+    "spatial_aware_pool", "SpatialAwarePool",
 ]

@@ -1,0 +1,212 @@
+// spatial_aware_pool on the CPU. Forward: per (batch, channel) plane, one pass over the pixels
+// builds level 1's cells, each further level's cells come from the previous level's, and every
+// output is nine cell lookups (common/spatial_aware_pool.h). Backward: a gather, so no two tasks
+// write the same element: each input row sums, per level, the output gradients whose windows
+// contain it (2 or 3 rows of outputs, then 2 or 3 columns per pixel).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "spatial_aware_pool.h"
+
+namespace rtseg {
+namespace {
+
+// A rows x cols grid stored with a one-element zero border, so lookups at -1 and at rows/cols
+// need no bounds checks.
+template <typename V> struct BorderedGrid {
+  std::vector<V> data;
+  int64_t rows = 0, cols = 0;
+
+  void reset(int64_t r, int64_t c) {
+    rows = r;
+    cols = c;
+    data.resize((r + 2) * (c + 2));
+    std::fill(data.begin(), data.begin() + (c + 2), V{});
+    std::fill(data.end() - (c + 2), data.end(), V{});
+    for (int64_t i = 1; i <= r; ++i) data[i * (c + 2)] = data[i * (c + 2) + c + 1] = V{};
+  }
+  V* row(int64_t i) { return data.data() + (i + 1) * (cols + 2) + 1; }  // i in [-1, rows]
+  const V& at(int64_t i, int64_t k) const { return data[(i + 1) * (cols + 2) + k + 1]; }
+};
+
+// Per level: divisors of each output row and column (their product is avg_pool2d's divisor).
+template <typename A> struct LevelCounts {
+  std::vector<A> rows, cols;
+};
+
+template <typename A>
+std::vector<LevelCounts<A>> level_counts(int64_t h, int64_t w, int64_t levels,
+                                         bool count_include_pad) {
+  std::vector<LevelCounts<A>> counts(levels);
+  for (int64_t j = 0; j < levels; ++j) {
+    const int64_t s = int64_t(1) << (j + 1);
+    for (int64_t o = 0; o < sap_out_size(h, s); ++o)
+      counts[j].rows.push_back(A(sap_window_count(o, s, h, count_include_pad)));
+    for (int64_t o = 0; o < sap_out_size(w, s); ++o)
+      counts[j].cols.push_back(A(sap_window_count(o, s, w, count_include_pad)));
+  }
+  return counts;
+}
+
+// Copies input row y of a plane into `dst` (length >= w, zero past w) as the accumulation type.
+template <typename T, typename A>
+void load_row(const T* plane, const Strided4& xs, int64_t y, std::vector<A>& dst) {
+  std::fill(dst.begin() + xs.w, dst.end(), A(0));
+  if (y >= xs.h) {
+    std::fill(dst.begin(), dst.begin() + xs.w, A(0));
+    return;
+  }
+  const T* src = plane + y * xs.sh;
+  for (int64_t x = 0; x < xs.w; ++x) dst[x] = A(src[x * xs.sw]);
+}
+
+template <typename T>
+void forward(const T* input, Strided4 xs, const std::vector<T*>& outs,
+             const std::vector<Strided4>& os, int64_t levels, bool count_include_pad) {
+  using A = acc_t<T>;
+  const auto counts = level_counts<A>(xs.h, xs.w, levels, count_include_pad);
+  at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
+    BorderedGrid<SapCell<A>> cur, next;
+    std::vector<A> row0(2 * sap_out_size(xs.w, 2)), row1(row0.size());
+    for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
+      const int64_t b = plane_index / xs.c, c = plane_index % xs.c;
+      const T* plane = input + b * xs.sn + c * xs.sc;
+      cur.reset(sap_out_size(xs.h, 2), sap_out_size(xs.w, 2));
+      for (int64_t i = 0; i < cur.rows; ++i) {
+        load_row(plane, xs, 2 * i, row0);
+        load_row(plane, xs, 2 * i + 1, row1);
+        SapCell<A>* dst = cur.row(i);
+        for (int64_t k = 0; k < cur.cols; ++k) {
+          const A p00 = row0[2 * k], p01 = row0[2 * k + 1];
+          const A p10 = row1[2 * k], p11 = row1[2 * k + 1];
+          dst[k] = {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00};
+        }
+      }
+      for (int64_t j = 0; j < levels; ++j) {
+        if (j > 0) {
+          next.reset(sap_out_size(cur.rows, 2), sap_out_size(cur.cols, 2));
+          for (int64_t i = 0; i < next.rows; ++i) {
+            SapCell<A>* dst = next.row(i);
+            for (int64_t k = 0; k < next.cols; ++k)
+              dst[k] = sap_merge(cur.at(2 * i, 2 * k), cur.at(2 * i, 2 * k + 1),
+                                 cur.at(2 * i + 1, 2 * k), cur.at(2 * i + 1, 2 * k + 1));
+          }
+          std::swap(cur, next);
+        }
+        const auto cell = [&](int64_t i, int64_t k) { return cur.at(i, k); };
+        const Strided4& o = os[j];
+        T* out_plane = outs[j] + b * o.sn + c * o.sc;
+        for (int64_t oy = 0; oy < cur.rows; ++oy) {
+          T* out_row = out_plane + oy * o.sh;
+          const A count_y = counts[j].rows[oy];
+          for (int64_t ox = 0; ox < cur.cols; ++ox)
+            out_row[ox * o.sw] =
+                T(sap_window_sum<A>(cell, oy, ox) / (count_y * counts[j].cols[ox]));
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& gs, T* grad_input,
+              Strided4 xs, int64_t levels, bool count_include_pad) {
+  using A = acc_t<T>;
+  const auto counts = level_counts<A>(xs.h, xs.w, levels, count_include_pad);
+  at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
+    // Per level: the output gradient divided by its divisor, and the sum of its rows whose
+    // windows contain the current input row.
+    std::vector<BorderedGrid<A>> weights(levels);
+    std::vector<std::vector<A>> row_sums(levels);
+    std::vector<A> acc(xs.w);
+    for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
+      const int64_t b = plane_index / xs.c, c = plane_index % xs.c;
+      for (int64_t j = 0; j < levels; ++j) {
+        const Strided4& g = gs[j];
+        const T* g_plane = grads[j] + b * g.sn + c * g.sc;
+        weights[j].reset(g.h, g.w);
+        row_sums[j].resize(g.w + 2);
+        for (int64_t oy = 0; oy < g.h; ++oy) {
+          A* dst = weights[j].row(oy);
+          const A count_y = counts[j].rows[oy];
+          for (int64_t ox = 0; ox < g.w; ++ox)
+            dst[ox] = A(g_plane[oy * g.sh + ox * g.sw]) / (count_y * counts[j].cols[ox]);
+        }
+      }
+      T* gx_plane = grad_input + b * xs.sn + c * xs.sc;
+      for (int64_t y = 0; y < xs.h; ++y) {
+        std::fill(acc.begin(), acc.end(), A(0));
+        for (int64_t j = 0; j < levels; ++j) {
+          const int64_t shift = j + 1, s = int64_t(1) << shift;
+          const SapRange r = sap_windows_containing(y, s);
+          A* v = row_sums[j].data();  // v[ox + 1] for ox in [-1, outputs]
+          const BorderedGrid<A>& wg = weights[j];
+          for (int64_t k = 0; k < wg.cols + 2; ++k) {
+            A sum = 0;
+            for (int64_t oy = r.first; oy <= r.last; ++oy) sum += wg.at(oy, k - 1);
+            v[k] = sum;
+          }
+          // Columns x in (bx*s, bx*s + s) lie in windows bx and bx+1; x = bx*s also in bx-1.
+          for (int64_t x = 0; x < xs.w; ++x) {
+            const int64_t bx = x >> shift;
+            acc[x] += v[bx + 1] + v[bx + 2];
+          }
+          for (int64_t x = 0, bx = 0; x < xs.w; x += s, ++bx) acc[x] += v[bx];
+        }
+        T* dst = gx_plane + y * xs.sh;
+        for (int64_t x = 0; x < xs.w; ++x) dst[x * xs.sw] = T(acc[x]);
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> spatial_aware_pool_cpu(const at::Tensor& x, int64_t levels,
+                                               bool count_include_pad) {
+  check_spatial_aware_pool_args(x, levels);
+  std::vector<at::Tensor> outs;
+  for (int64_t j = 1; j <= levels; ++j)
+    outs.push_back(at::empty(spatial_aware_pool_shape(x, j),
+                             x.options().memory_format(output_format(x))));
+  if (x.numel() == 0) return outs;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_aware_pool_cpu", [&] {
+    std::vector<scalar_t*> out_ptrs;
+    std::vector<Strided4> out_strides;
+    for (auto& o : outs) {
+      out_ptrs.push_back(o.mutable_data_ptr<scalar_t>());
+      out_strides.push_back(strided4(o));
+    }
+    forward<scalar_t>(x.const_data_ptr<scalar_t>(), strided4(x), out_ptrs, out_strides, levels,
+                      count_include_pad);
+  });
+  return outs;
+}
+
+at::Tensor spatial_aware_pool_backward_cpu(at::TensorList grad_outputs, const at::Tensor& x,
+                                           int64_t levels, bool count_include_pad) {
+  check_spatial_aware_pool_args(x, levels);
+  check_spatial_aware_pool_grads(grad_outputs, x, levels);
+  auto grad_input = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
+  if (x.numel() == 0) return grad_input;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_aware_pool_backward_cpu", [&] {
+    std::vector<const scalar_t*> grad_ptrs;
+    std::vector<Strided4> grad_strides;
+    for (const auto& g : grad_outputs) {
+      grad_ptrs.push_back(g.const_data_ptr<scalar_t>());
+      grad_strides.push_back(strided4(g));
+    }
+    backward<scalar_t>(grad_ptrs, grad_strides, grad_input.mutable_data_ptr<scalar_t>(),
+                       strided4(grad_input), levels, count_include_pad);
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtseg, CPU, m) {
+  m.impl("spatial_aware_pool", &spatial_aware_pool_cpu);
+  m.impl("spatial_aware_pool_backward", &spatial_aware_pool_backward_cpu);
+}
+
+}  // namespace rtseg

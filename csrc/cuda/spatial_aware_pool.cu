@@ -1,0 +1,266 @@
+// spatial_aware_pool CUDA kernels (math in common/spatial_aware_pool.h).
+//
+// Forward: one CTA per (plane, TILE x TILE input tile) loads the tile plus a 4-pixel halo into
+// shared memory once, builds level 1 and level 2 cells there, writes those levels' outputs and
+// level 3's cells (1/64 of the map) to a scratch buffer. Each further level is one small kernel
+// that reads level j's cells, writes level j's outputs and level j+1's cells.
+// Backward: one thread per input element gathers the (divided) output gradients of the 2 or 3
+// x 2 or 3 windows per level that contain it: a fixed summation order and no atomics.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/spatial_aware_pool.cuh"
+
+namespace rtseg {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
+
+// Input tile side: float cells need 46 KB of shared memory at 64, double cells as much at 32.
+template <typename A> struct TileSide { static constexpr int value = 64; };
+template <> struct TileSide<double> { static constexpr int value = 32; };
+
+template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T v) {
+  return static_cast<acc_t<T>>(v);
+}
+
+// Writes the outputs of one level owned by a tile: n x n outputs starting at (oy0, ox0), whose
+// cell (oy, ox) is cells[(oy - oy0 + 1) * pitch + ox - ox0 + 1] (a one-cell halo each side).
+template <typename T, typename A>
+__device__ void write_tile_outputs(const SapCell<A>* cells, int pitch, int n, int64_t oy0,
+                                   int64_t ox0, int64_t s, const Strided4& xs, T* out,
+                                   const Strided4& os, int64_t b, int64_t c,
+                                   bool count_include_pad) {
+  for (int i = threadIdx.x; i < n * n; i += kThreads) {
+    const int64_t oy = oy0 + i / n, ox = ox0 + i % n;
+    if (oy >= os.h || ox >= os.w) continue;
+    const auto cell = [&](int64_t a, int64_t k) {
+      return cells[(a - oy0 + 1) * pitch + (k - ox0 + 1)];
+    };
+    const A sum = sap_window_sum<A>(cell, oy, ox);
+    const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
+                      sap_window_count(ox, s, xs.w, count_include_pad));
+    out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] = T(sum / count);
+  }
+}
+
+template <typename T, int TILE>
+__global__ void __launch_bounds__(kThreads)
+    fine_levels_kernel(const T* __restrict__ x, Strided4 xs, SapOutputs outs, int levels,
+                       bool count_include_pad, SapCell<acc_t<T>>* __restrict__ level3_cells) {
+  using A = acc_t<T>;
+  constexpr int P = TILE + 8;       // pixels per side: 4 before the tile, 4 after
+  constexpr int N1 = TILE / 2 + 4;  // level 1 cells per side: 2 before, 2 after
+  constexpr int N2 = TILE / 4 + 2;  // level 2 cells per side: 1 before, 1 after
+  constexpr int N3 = TILE / 8;      // level 3 cells of the tile itself
+  __shared__ A pixels[P * P];
+  __shared__ SapCell<A> cells1[N1 * N1];
+  __shared__ SapCell<A> cells2[N2 * N2];
+
+  const int64_t plane = blockIdx.x;
+  const int64_t b = plane / xs.c, c = plane % xs.c;
+  const int64_t y0 = int64_t(blockIdx.z) * TILE, x0 = int64_t(blockIdx.y) * TILE;
+  const T* src = x + b * xs.sn + c * xs.sc;
+  for (int i = threadIdx.x; i < P * P; i += kThreads) {
+    const int64_t y = y0 - 4 + i / P, xx = x0 - 4 + i % P;
+    const bool inside = y >= 0 && y < xs.h && xx >= 0 && xx < xs.w;
+    pixels[i] = inside ? to_acc(src[y * xs.sh + xx * xs.sw]) : A(0);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N1 * N1; i += kThreads) {
+    const int r = 2 * (i / N1), q = 2 * (i % N1);
+    const A p00 = pixels[r * P + q], p01 = pixels[r * P + q + 1];
+    const A p10 = pixels[(r + 1) * P + q], p11 = pixels[(r + 1) * P + q + 1];
+    cells1[i] = {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00};
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N2 * N2; i += kThreads) {
+    const int r = 2 * (i / N2), q = 2 * (i % N2);
+    cells2[i] = sap_merge(cells1[r * N1 + q], cells1[r * N1 + q + 1], cells1[(r + 1) * N1 + q],
+                          cells1[(r + 1) * N1 + q + 1]);
+  }
+  __syncthreads();
+  // cells1 starts at global cell y0/2 - 2 and the tile's outputs at y0/2, so output oy's cell
+  // is at oy - y0/2 + 2; write_tile_outputs adds the 1, hence cells1 + N1 + 1.
+  write_tile_outputs<T, A>(cells1 + N1 + 1, N1, TILE / 2, y0 / 2, x0 / 2, 2, xs,
+                           static_cast<T*>(outs.data[0]), outs.shape[0], b, c,
+                           count_include_pad);
+  if (levels >= 2)
+    write_tile_outputs<T, A>(cells2, N2, TILE / 4, y0 / 4, x0 / 4, 4, xs,
+                             static_cast<T*>(outs.data[1]), outs.shape[1], b, c,
+                             count_include_pad);
+  if (levels >= 3) {
+    const int64_t rows3 = sap_out_size(xs.h, 8), cols3 = sap_out_size(xs.w, 8);
+    for (int i = threadIdx.x; i < N3 * N3; i += kThreads) {
+      const int64_t gy = y0 / 8 + i / N3, gx = x0 / 8 + i % N3;
+      if (gy >= rows3 || gx >= cols3) continue;
+      // cells2 starts at global cell y0/4 - 1: level 3 cell gy covers level 2 cells 2gy, 2gy+1.
+      const int r = 2 * (i / N3) + 1, q = 2 * (i % N3) + 1;
+      level3_cells[(plane * rows3 + gy) * cols3 + gx] =
+          sap_merge(cells2[r * N2 + q], cells2[r * N2 + q + 1], cells2[(r + 1) * N2 + q],
+                    cells2[(r + 1) * N2 + q + 1]);
+    }
+  }
+}
+
+// Level j >= 3: outputs from level j's cells, and level j+1's cells when `next` is not null.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    coarse_level_kernel(const SapCell<acc_t<T>>* __restrict__ cells, int64_t planes,
+                        int64_t rows, int64_t cols, int64_t s, Strided4 xs, T* __restrict__ out,
+                        Strided4 os, bool count_include_pad,
+                        SapCell<acc_t<T>>* __restrict__ next) {
+  using A = acc_t<T>;
+  const int64_t total = planes * rows * cols;
+  const int64_t next_rows = sap_out_size(rows, 2), next_cols = sap_out_size(cols, 2);
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * kThreads) {
+    const int64_t ox = i % cols, oy = (i / cols) % rows, plane = i / (cols * rows);
+    const SapCell<A>* plane_cells = cells + plane * rows * cols;
+    const auto cell = [&](int64_t a, int64_t k) {
+      return a < 0 || a >= rows || k < 0 || k >= cols ? SapCell<A>{A(0), A(0), A(0), A(0)}
+                                                       : plane_cells[a * cols + k];
+    };
+    const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
+                      sap_window_count(ox, s, xs.w, count_include_pad));
+    const int64_t b = plane / xs.c, c = plane % xs.c;
+    out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] =
+        T(sap_window_sum<A>(cell, oy, ox) / count);
+    if (next != nullptr && oy % 2 == 0 && ox % 2 == 0)
+      next[(plane * next_rows + oy / 2) * next_cols + ox / 2] =
+          sap_merge(cell(oy, ox), cell(oy, ox + 1), cell(oy + 1, ox), cell(oy + 1, ox + 1));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs, bool channels_last,
+                    int levels, bool count_include_pad) {
+  using A = acc_t<T>;
+  const int64_t total = gxs.n * gxs.c * gxs.h * gxs.w;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * kThreads) {
+    // Consecutive threads take consecutive elements of grad_x's memory order.
+    int64_t b, c, y, x;
+    if (channels_last) {
+      c = i % gxs.c;
+      x = (i / gxs.c) % gxs.w;
+      y = (i / (gxs.c * gxs.w)) % gxs.h;
+      b = i / (gxs.c * gxs.w * gxs.h);
+    } else {
+      x = i % gxs.w;
+      y = (i / gxs.w) % gxs.h;
+      c = (i / (gxs.w * gxs.h)) % gxs.c;
+      b = i / (gxs.w * gxs.h * gxs.c);
+    }
+    A acc = 0;
+    for (int j = 0; j < levels; ++j) {
+      const int64_t s = int64_t(2) << j;
+      const Strided4& gs = grads.shape[j];
+      const T* g = static_cast<const T*>(grads.data[j]) + b * gs.sn + c * gs.sc;
+      const SapRange rows = sap_windows_containing(y, s), cols = sap_windows_containing(x, s);
+      const int64_t oy_end = rows.last < gs.h ? rows.last : gs.h - 1;
+      const int64_t ox_end = cols.last < gs.w ? cols.last : gs.w - 1;
+      for (int64_t oy = rows.first > 0 ? rows.first : 0; oy <= oy_end; ++oy) {
+        const A count_y = A(sap_window_count(oy, s, gxs.h, count_include_pad));
+        for (int64_t ox = cols.first > 0 ? cols.first : 0; ox <= ox_end; ++ox) {
+          const A count = count_y * A(sap_window_count(ox, s, gxs.w, count_include_pad));
+          acc += to_acc(g[oy * gs.sh + ox * gs.sw]) / count;
+        }
+      }
+    }
+    grad_x[b * gxs.sn + c * gxs.sc + y * gxs.sh + x * gxs.sw] = T(acc);
+  }
+}
+
+int grid_for(int64_t total) {
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  return int(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+template <typename T>
+cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
+                    bool count_include_pad, void* workspace, cudaStream_t stream) {
+  using A = acc_t<T>;
+  constexpr int TILE = TileSide<A>::value;
+  const int64_t planes = xs.n * xs.c;
+  if (planes == 0 || xs.h == 0 || xs.w == 0) return cudaSuccess;
+  const int64_t tiles_x = (xs.w + TILE - 1) / TILE, tiles_y = (xs.h + TILE - 1) / TILE;
+  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535) return cudaErrorInvalidConfiguration;
+  auto* cells = static_cast<SapCell<A>*>(workspace);
+  fine_levels_kernel<T, TILE><<<dim3(unsigned(planes), unsigned(tiles_x), unsigned(tiles_y)),
+                                kThreads, 0, stream>>>(x, xs, outs, levels, count_include_pad,
+                                                       levels >= 3 ? cells : nullptr);
+  cudaError_t err = cudaGetLastError();
+  for (int j = 3; j <= levels && err == cudaSuccess; ++j) {
+    const int64_t s = int64_t(1) << j;
+    const int64_t rows = sap_out_size(xs.h, s), cols = sap_out_size(xs.w, s);
+    SapCell<A>* next = j < levels ? cells + planes * rows * cols : nullptr;
+    coarse_level_kernel<T><<<grid_for(planes * rows * cols), kThreads, 0, stream>>>(
+        cells, planes, rows, cols, s, xs, static_cast<T*>(outs.data[j - 1]), outs.shape[j - 1],
+        count_include_pad, next);
+    err = cudaGetLastError();
+    cells = next;
+  }
+  return err;
+}
+
+template <typename T>
+cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, bool channels_last, int levels,
+                     bool count_include_pad, cudaStream_t stream) {
+  const int64_t total = gxs.n * gxs.c * gxs.h * gxs.w;
+  if (total == 0) return cudaSuccess;
+  backward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(grads, grad_x, gxs, channels_last,
+                                                              levels, count_include_pad);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_spatial_aware_pool_forward(const void* x, Strided4 xs, SapOutputs outs,
+                                              int levels, bool count_include_pad,
+                                              void* workspace, DType dtype, cudaStream_t stream) {
+  if (levels < 1 || levels > kSapMaxLevels) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case DType::Float32:
+      return forward(static_cast<const float*>(x), xs, outs, levels, count_include_pad,
+                     workspace, stream);
+    case DType::Float64:
+      return forward(static_cast<const double*>(x), xs, outs, levels, count_include_pad,
+                     workspace, stream);
+    case DType::Float16:
+      return forward(static_cast<const __half*>(x), xs, outs, levels, count_include_pad,
+                     workspace, stream);
+    case DType::BFloat16:
+      return forward(static_cast<const __nv_bfloat16*>(x), xs, outs, levels, count_include_pad,
+                     workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_spatial_aware_pool_backward(SapGrads grads, void* grad_x, Strided4 gxs,
+                                               bool channels_last, int levels,
+                                               bool count_include_pad, DType dtype,
+                                               cudaStream_t stream) {
+  if (levels < 1 || levels > kSapMaxLevels) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case DType::Float32:
+      return backward(grads, static_cast<float*>(grad_x), gxs, channels_last, levels,
+                      count_include_pad, stream);
+    case DType::Float64:
+      return backward(grads, static_cast<double*>(grad_x), gxs, channels_last, levels,
+                      count_include_pad, stream);
+    case DType::Float16:
+      return backward(grads, static_cast<__half*>(grad_x), gxs, channels_last, levels,
+                      count_include_pad, stream);
+    case DType::BFloat16:
+      return backward(grads, static_cast<__nv_bfloat16*>(grad_x), gxs, channels_last, levels,
+                      count_include_pad, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace rtseg

@@ -118,10 +118,10 @@ def _as_tuple(x, levels, count_include_pad):
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
-@pytest.mark.parametrize("hw,levels", [((9, 14), 3), ((5, 4), 6)])
+@pytest.mark.parametrize("hw,levels", [((6, 9), 3), ((5, 4), 6)])
 def test_gradcheck(hw, levels, count_include_pad):
     check_gradcheck(_as_tuple, None, dict(levels=levels, count_include_pad=count_include_pad),
-                    make_args=lambda seed: (make_inputs(B=1, C=2, hw=hw, seed=seed),))
+                    make_args=lambda seed: (make_inputs(B=1, C=1, hw=hw, seed=seed),))
 
 
 @pytest.mark.parametrize("hw,levels,count_include_pad,layout", [

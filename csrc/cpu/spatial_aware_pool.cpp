@@ -1,8 +1,8 @@
 // spatial_aware_pool on the CPU. Forward: per (batch, channel) plane, one pass over the pixels
 // builds level 1's cells, each further level's cells come from the previous level's, and every
 // output is nine cell lookups (common/spatial_aware_pool.h). Backward: a gather, so no two tasks
-// write the same element: each input row sums, per level, the output gradients whose windows
-// contain it (2 or 3 rows of outputs, then 2 or 3 columns per pixel).
+// write the same element; each input row sums, per level, the output gradients whose windows
+// contain it, folding the levels together from the coarsest down.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -110,24 +110,29 @@ void forward(const T* input, Strided4 xs, const std::vector<T*>& outs,
   });
 }
 
+// Level j's part of the gradient of input pixel x (in the current row) is u[x / s], the rows'
+// gradients of windows x/s and x/s + 1, plus, on the grid (x % s == 0), that of window x/s - 1.
+// Going from the coarsest level down, `blocks` and `points` fold every coarser level into level
+// j's block and grid-point indices, so each pixel finally reads two numbers instead of 3 per level.
 template <typename T>
 void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& gs, T* grad_input,
               Strided4 xs, int64_t levels, bool count_include_pad) {
   using A = acc_t<T>;
   const auto counts = level_counts<A>(xs.h, xs.w, levels, count_include_pad);
   at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
-    // Per level: the output gradient divided by its divisor, and the sum of its rows whose
-    // windows contain the current input row.
+    // Per level: the output gradient divided by its divisor; the sum of its rows whose windows
+    // contain the current input row (v[ox + 1] for ox in [-1, outputs]); the folded sums.
     std::vector<BorderedGrid<A>> weights(levels);
-    std::vector<std::vector<A>> row_sums(levels);
-    std::vector<A> acc(xs.w);
+    std::vector<A> v;
+    std::vector<std::vector<A>> blocks(levels), points(levels);
     for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
       const int64_t b = plane_index / xs.c, c = plane_index % xs.c;
       for (int64_t j = 0; j < levels; ++j) {
         const Strided4& g = gs[j];
         const T* g_plane = grads[j] + b * g.sn + c * g.sc;
         weights[j].reset(g.h, g.w);
-        row_sums[j].resize(g.w + 2);
+        blocks[j].resize(g.w);
+        points[j].resize(g.w);
         for (int64_t oy = 0; oy < g.h; ++oy) {
           A* dst = weights[j].row(oy);
           const A count_y = counts[j].rows[oy];
@@ -137,26 +142,32 @@ void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& g
       }
       T* gx_plane = grad_input + b * xs.sn + c * xs.sc;
       for (int64_t y = 0; y < xs.h; ++y) {
-        std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t j = 0; j < levels; ++j) {
-          const int64_t shift = j + 1, s = int64_t(1) << shift;
-          const SapRange r = sap_windows_containing(y, s);
-          A* v = row_sums[j].data();  // v[ox + 1] for ox in [-1, outputs]
+        for (int64_t j = levels - 1; j >= 0; --j) {
           const BorderedGrid<A>& wg = weights[j];
-          for (int64_t k = 0; k < wg.cols + 2; ++k) {
-            A sum = 0;
-            for (int64_t oy = r.first; oy <= r.last; ++oy) sum += wg.at(oy, k - 1);
-            v[k] = sum;
+          const SapRange r = sap_windows_containing(y, int64_t(2) << j);
+          v.assign(wg.cols + 2, A(0));
+          for (int64_t oy = r.first; oy <= r.last; ++oy) {
+            const A* row = &wg.at(oy, -1);
+            for (int64_t k = 0; k < wg.cols + 2; ++k) v[k] += row[k];
           }
-          // Columns x in (bx*s, bx*s + s) lie in windows bx and bx+1; x = bx*s also in bx-1.
-          for (int64_t x = 0; x < xs.w; ++x) {
-            const int64_t bx = x >> shift;
-            acc[x] += v[bx + 1] + v[bx + 2];
+          A* blk = blocks[j].data();
+          A* pts = points[j].data();
+          for (int64_t k = 0; k < wg.cols; ++k) {
+            blk[k] = v[k + 1] + v[k + 2];
+            pts[k] = v[k];
           }
-          for (int64_t x = 0, bx = 0; x < xs.w; x += s, ++bx) acc[x] += v[bx];
+          if (j + 1 < levels) {
+            const A* coarse_blk = blocks[j + 1].data();
+            const A* coarse_pts = points[j + 1].data();
+            for (int64_t k = 0; k < wg.cols; ++k) blk[k] += coarse_blk[k >> 1];
+            for (int64_t k = 0; k < wg.cols; k += 2) pts[k] += coarse_pts[k >> 1];
+          }
         }
         T* dst = gx_plane + y * xs.sh;
-        for (int64_t x = 0; x < xs.w; ++x) dst[x * xs.sw] = T(acc[x]);
+        const A* blk = blocks[0].data();
+        const A* pts = points[0].data();
+        for (int64_t x = 0; x < xs.w; ++x)
+          dst[x * xs.sw] = T(blk[x >> 1] + ((x & 1) == 0 ? pts[x >> 1] : A(0)));
       }
     }
   });

@@ -6,26 +6,15 @@
 // that reads level j's cells, writes level j's outputs and level j+1's cells.
 // Backward: one thread per input element gathers the (divided) output gradients of the 2 or 3
 // x 2 or 3 windows per level that contain it: a fixed summation order and no atomics.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include <cstdint>
-
+#include "cuda/cuda_utils.cuh"
 #include "cuda/spatial_aware_pool.cuh"
 
 namespace rtseg {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
 // Input tile side: float cells need 46 KB of shared memory at 64, double cells as much at 32.
 template <typename A> struct TileSide { static constexpr int value = 64; };
 template <> struct TileSide<double> { static constexpr int value = 32; };
-
-template <typename T> __device__ __forceinline__ acc_t<T> to_acc(T v) {
-  return static_cast<acc_t<T>>(v);
-}
 
 // Writes the outputs of one level owned by a tile: n x n outputs starting at (oy0, ox0), whose
 // cell (oy, ox) is cells[(oy - oy0 + 1) * pitch + ox - ox0 + 1] (a one-cell halo each side).
@@ -43,7 +32,7 @@ __device__ void write_tile_outputs(const SapCell<A>* cells, int pitch, int n, in
     const A sum = sap_window_sum<A>(cell, oy, ox);
     const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
                       sap_window_count(ox, s, xs.w, count_include_pad));
-    out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] = T(sum / count);
+    out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] = from_acc<T>(sum / count);
   }
 }
 
@@ -128,7 +117,7 @@ __global__ void __launch_bounds__(kThreads)
                       sap_window_count(ox, s, xs.w, count_include_pad));
     const int64_t b = plane / xs.c, c = plane % xs.c;
     out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] =
-        T(sap_window_sum<A>(cell, oy, ox) / count);
+        from_acc<T>(sap_window_sum<A>(cell, oy, ox) / count);
     if (next != nullptr && oy % 2 == 0 && ox % 2 == 0)
       next[(plane * next_rows + oy / 2) * next_cols + ox / 2] =
           sap_merge(cell(oy, ox), cell(oy, ox + 1), cell(oy + 1, ox), cell(oy + 1, ox + 1));
@@ -172,13 +161,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    grad_x[b * gxs.sn + c * gxs.sc + y * gxs.sh + x * gxs.sw] = T(acc);
+    grad_x[b * gxs.sn + c * gxs.sc + y * gxs.sh + x * gxs.sw] = from_acc<T>(acc);
   }
-}
-
-int grid_for(int64_t total) {
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  return int(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
 template <typename T>
@@ -189,7 +173,8 @@ cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
   const int64_t planes = xs.n * xs.c;
   if (planes == 0 || xs.h == 0 || xs.w == 0) return cudaSuccess;
   const int64_t tiles_x = (xs.w + TILE - 1) / TILE, tiles_y = (xs.h + TILE - 1) / TILE;
-  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535) return cudaErrorInvalidConfiguration;
+  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535)
+    return cudaErrorInvalidConfiguration;
   auto* cells = static_cast<SapCell<A>*>(workspace);
   fine_levels_kernel<T, TILE><<<dim3(unsigned(planes), unsigned(tiles_x), unsigned(tiles_y)),
                                 kThreads, 0, stream>>>(x, xs, outs, levels, count_include_pad,
@@ -199,7 +184,7 @@ cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
     const int64_t s = int64_t(1) << j;
     const int64_t rows = sap_out_size(xs.h, s), cols = sap_out_size(xs.w, s);
     SapCell<A>* next = j < levels ? cells + planes * rows * cols : nullptr;
-    coarse_level_kernel<T><<<grid_for(planes * rows * cols), kThreads, 0, stream>>>(
+    coarse_level_kernel<T><<<blocks_for(planes * rows * cols), kThreads, 0, stream>>>(
         cells, planes, rows, cols, s, xs, static_cast<T*>(outs.data[j - 1]), outs.shape[j - 1],
         count_include_pad, next);
     err = cudaGetLastError();
@@ -213,8 +198,8 @@ cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, bool channels_last
                      bool count_include_pad, cudaStream_t stream) {
   const int64_t total = gxs.n * gxs.c * gxs.h * gxs.w;
   if (total == 0) return cudaSuccess;
-  backward_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(grads, grad_x, gxs, channels_last,
-                                                              levels, count_include_pad);
+  backward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
+      grads, grad_x, gxs, channels_last, levels, count_include_pad);
   return cudaGetLastError();
 }
 
@@ -224,21 +209,12 @@ cudaError_t launch_spatial_aware_pool_forward(const void* x, Strided4 xs, SapOut
                                               int levels, bool count_include_pad,
                                               void* workspace, DType dtype, cudaStream_t stream) {
   if (levels < 1 || levels > kSapMaxLevels) return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::Float32:
-      return forward(static_cast<const float*>(x), xs, outs, levels, count_include_pad,
-                     workspace, stream);
-    case DType::Float64:
-      return forward(static_cast<const double*>(x), xs, outs, levels, count_include_pad,
-                     workspace, stream);
-    case DType::Float16:
-      return forward(static_cast<const __half*>(x), xs, outs, levels, count_include_pad,
-                     workspace, stream);
-    case DType::BFloat16:
-      return forward(static_cast<const __nv_bfloat16*>(x), xs, outs, levels, count_include_pad,
-                     workspace, stream);
-  }
-  return cudaErrorInvalidValue;
+  cudaError_t err = cudaSuccess;
+  RTSEG_DISPATCH_DTYPE(dtype, T, {
+    err = forward(static_cast<const T*>(x), xs, outs, levels, count_include_pad, workspace,
+                  stream);
+  });
+  return err;
 }
 
 cudaError_t launch_spatial_aware_pool_backward(SapGrads grads, void* grad_x, Strided4 gxs,
@@ -246,21 +222,12 @@ cudaError_t launch_spatial_aware_pool_backward(SapGrads grads, void* grad_x, Str
                                                bool count_include_pad, DType dtype,
                                                cudaStream_t stream) {
   if (levels < 1 || levels > kSapMaxLevels) return cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::Float32:
-      return backward(grads, static_cast<float*>(grad_x), gxs, channels_last, levels,
-                      count_include_pad, stream);
-    case DType::Float64:
-      return backward(grads, static_cast<double*>(grad_x), gxs, channels_last, levels,
-                      count_include_pad, stream);
-    case DType::Float16:
-      return backward(grads, static_cast<__half*>(grad_x), gxs, channels_last, levels,
-                      count_include_pad, stream);
-    case DType::BFloat16:
-      return backward(grads, static_cast<__nv_bfloat16*>(grad_x), gxs, channels_last, levels,
-                      count_include_pad, stream);
-  }
-  return cudaErrorInvalidValue;
+  cudaError_t err = cudaSuccess;
+  RTSEG_DISPATCH_DTYPE(dtype, T, {
+    err = backward(grads, static_cast<T*>(grad_x), gxs, channels_last, levels,
+                   count_include_pad, stream);
+  });
+  return err;
 }
 
 }  // namespace rtseg

@@ -1,3 +1,5 @@
+import os
+import subprocess
 import warnings
 
 import pytest
@@ -5,6 +7,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import _backend, reference
+import cuda_emulation
 from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
                         check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
                         requires_cuda, to_layout)
@@ -242,3 +245,13 @@ def test_direct_backward_call_checks(grads, match):
     gs = [torch.zeros(o.shape) for o in ref(x, 3)]
     with pytest.raises(RuntimeError, match=match):
         torch.ops.rtseg.spatial_aware_pool_backward(grads(gs, x), x, 3, True)
+
+
+@pytest.mark.skipif(not cuda_emulation.available(), reason="needs g++ and the CUDA headers")
+def test_cuda_kernels_emulated_on_cpu(tmp_path):
+    """The CUDA kernels' indexing (tiles, halos, cell buffers, layouts, every dtype) run on the
+    CPU against a direct computation, where no GPU is available (tests/cuda_emulation)."""
+    driver = os.path.join(os.path.dirname(__file__), "cuda_emulation", "spatial_aware_pool.cpp")
+    exe = cuda_emulation.build("spatial_aware_pool.cu", driver, str(tmp_path))
+    result = subprocess.run([exe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

@@ -53,6 +53,33 @@ RTSEG_HD A sap_window_sum(const Cell& cell, int64_t oy, int64_t ox) {
          i.point;
 }
 
+// Backward: the adjoint of the pyramid. `w(oy, ox)` is an output's gradient divided by its
+// divisor, zero outside the outputs (oy or ox in {-1, outputs}). Gradient of level j's cell
+// (i, k) from level j's own outputs, i.e. from the windows whose sums read it:
+template <typename A, typename W>
+RTSEG_HD SapCell<A> sap_cell_gradient(const W& w, int64_t i, int64_t k) {
+  return {(w(i, k) + w(i, k + 1)) + (w(i + 1, k) + w(i + 1, k + 1)), w(i, k - 1) + w(i + 1, k - 1),
+          w(i - 1, k) + w(i - 1, k + 1), w(i - 1, k - 1)};
+}
+
+// Adjoint of sap_merge: adds to the gradient of level j's cell (i, k) what it gets from the
+// gradient `coarse` of level j+1's cell (i/2, k/2).
+template <typename A>
+RTSEG_HD void sap_fold(SapCell<A>& cell, const SapCell<A>& coarse, int64_t i, int64_t k) {
+  const bool even_i = (i & 1) == 0, even_k = (k & 1) == 0;
+  cell.block += coarse.block;
+  if (even_k) cell.col += coarse.col;
+  if (even_i) cell.row += coarse.row;
+  if (even_i && even_k) cell.point += coarse.point;
+}
+// Adjoint of the level 1 cells' construction: pixel (y, x)'s gradient from its level 1 cell's.
+template <typename A>
+RTSEG_HD A sap_pixel_gradient(const SapCell<A>& level1, int64_t y, int64_t x) {
+  const bool even_y = (y & 1) == 0, even_x = (x & 1) == 0;
+  return level1.block + (even_x ? level1.col : A(0)) + (even_y ? level1.row : A(0)) +
+         (even_y && even_x ? level1.point : A(0));
+}
+
 // Outputs of a level whose window contains position p along an axis: [first, last], where
 // first may be -1 and last may equal the output count (zero-border entries for the callers).
 struct SapRange {

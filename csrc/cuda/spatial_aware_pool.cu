@@ -4,10 +4,14 @@
 // shared memory once, builds level 1 and level 2 cells there, writes those levels' outputs and
 // level 3's cells (1/64 of the map) to a scratch buffer. Each further level is one small kernel
 // that reads level j's cells, writes level j's outputs and level j+1's cells.
-// Backward: one thread per input element gathers the (divided) output gradients of the 2 or 3
-// x 2 or 3 windows per level that contain it: a fixed summation order and no atomics.
+// Backward: the same pyramid run backwards, with gathers only (no atomics, bitwise repeatable):
+// small kernels give each cell of levels >= 3 its gradient, coarsest first, each level folding in
+// the next coarser one; a tile kernel does the same for levels 2 and 1 in shared memory and
+// writes every pixel's gradient from its level 1 cell.
 #include "cuda/cuda_utils.cuh"
 #include "cuda/spatial_aware_pool.cuh"
+
+#include <vector>
 
 namespace rtseg {
 namespace {
@@ -124,44 +128,104 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Output gradient divided by its divisor, zero outside the outputs.
+template <typename T>
+__device__ __forceinline__ acc_t<T> divided_grad(const T* g, const Strided4& gs, int64_t oy,
+                                                 int64_t ox, int64_t s, const Strided4& xs,
+                                                 bool count_include_pad) {
+  using A = acc_t<T>;
+  if (oy < 0 || oy >= gs.h || ox < 0 || ox >= gs.w) return A(0);
+  const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
+                    sap_window_count(ox, s, xs.w, count_include_pad));
+  return to_acc(g[oy * gs.sh + ox * gs.sw]) / count;
+}
+
+// Backward of level j >= 3, coarsest first: the gradient of each level j cell, its own outputs'
+// plus level j+1's folded in (`coarse`, null for the last level).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs, bool channels_last,
-                    int levels, bool count_include_pad) {
+    coarse_grad_kernel(const T* __restrict__ grad, Strided4 gs, int64_t s, Strided4 xs,
+                       bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ coarse,
+                       SapCell<acc_t<T>>* __restrict__ cells) {
   using A = acc_t<T>;
-  const int64_t total = gxs.n * gxs.c * gxs.h * gxs.w;
+  const int64_t rows = gs.h, cols = gs.w, planes = gs.n * gs.c;
+  const int64_t coarse_rows = sap_out_size(rows, 2), coarse_cols = sap_out_size(cols, 2);
+  const int64_t total = planes * rows * cols;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * kThreads) {
-    // Consecutive threads take consecutive elements of grad_x's memory order.
-    int64_t b, c, y, x;
-    if (channels_last) {
-      c = i % gxs.c;
-      x = (i / gxs.c) % gxs.w;
-      y = (i / (gxs.c * gxs.w)) % gxs.h;
-      b = i / (gxs.c * gxs.w * gxs.h);
-    } else {
-      x = i % gxs.w;
-      y = (i / gxs.w) % gxs.h;
-      c = (i / (gxs.w * gxs.h)) % gxs.c;
-      b = i / (gxs.w * gxs.h * gxs.c);
+    const int64_t k = i % cols, r = (i / cols) % rows, plane = i / (cols * rows);
+    const T* g = grad + (plane / gs.c) * gs.sn + (plane % gs.c) * gs.sc;
+    const auto w = [&](int64_t oy, int64_t ox) {
+      return divided_grad(g, gs, oy, ox, s, xs, count_include_pad);
+    };
+    SapCell<A> cell = sap_cell_gradient<A>(w, r, k);
+    if (coarse != nullptr)
+      sap_fold(cell, coarse[(plane * coarse_rows + r / 2) * coarse_cols + k / 2], r, k);
+    cells[i] = cell;
+  }
+}
+
+// Backward of levels 1 and 2 and the pixels, per (plane, TILE x TILE tile): the divided output
+// gradients of the tile's windows (plus one each side) in shared memory, level 2 then level 1
+// cell gradients, level 3's folded in from `level3` (null when levels < 3), then each pixel.
+template <typename T, int TILE>
+__global__ void __launch_bounds__(kThreads)
+    fine_grad_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs, int levels,
+                     bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ level3) {
+  using A = acc_t<T>;
+  constexpr int M1 = TILE / 2 + 2, M2 = TILE / 4 + 2;  // outputs per side, 1 before, 1 after
+  constexpr int N1 = TILE / 2, N2 = TILE / 4;          // cells per side
+  __shared__ A w1[M1 * M1];
+  __shared__ A w2[M2 * M2];
+  __shared__ SapCell<A> cells1[N1 * N1];
+  __shared__ SapCell<A> cells2[N2 * N2];
+
+  const int64_t plane = blockIdx.x;
+  const int64_t b = plane / gxs.c, c = plane % gxs.c;
+  const int64_t y0 = int64_t(blockIdx.z) * TILE, x0 = int64_t(blockIdx.y) * TILE;
+  const Strided4& gs1 = grads.shape[0];
+  const T* g1 = static_cast<const T*>(grads.data[0]) + b * gs1.sn + c * gs1.sc;
+  for (int i = threadIdx.x; i < M1 * M1; i += kThreads)
+    w1[i] = divided_grad(g1, gs1, y0 / 2 - 1 + i / M1, x0 / 2 - 1 + i % M1, 2, gxs,
+                         count_include_pad);
+  if (levels >= 2) {
+    const Strided4& gs2 = grads.shape[1];
+    const T* g2 = static_cast<const T*>(grads.data[1]) + b * gs2.sn + c * gs2.sc;
+    for (int i = threadIdx.x; i < M2 * M2; i += kThreads)
+      w2[i] = divided_grad(g2, gs2, y0 / 4 - 1 + i / M2, x0 / 4 - 1 + i % M2, 4, gxs,
+                           count_include_pad);
+  }
+  __syncthreads();
+  if (levels >= 2) {
+    const int64_t rows3 = sap_out_size(gxs.h, 8), cols3 = sap_out_size(gxs.w, 8);
+    const auto w = [&](int64_t oy, int64_t ox) { return w2[(oy + 1) * M2 + ox + 1]; };
+    for (int i = threadIdx.x; i < N2 * N2; i += kThreads) {
+      const int r = i / N2, q = i % N2;
+      SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
+      const int64_t gy = y0 / 4 + r, gx = x0 / 4 + q;  // global level 2 cell
+      if (level3 != nullptr && gy / 2 < rows3 && gx / 2 < cols3)
+        sap_fold(cell, level3[(plane * rows3 + gy / 2) * cols3 + gx / 2], gy, gx);
+      cells2[i] = cell;
     }
-    A acc = 0;
-    for (int j = 0; j < levels; ++j) {
-      const int64_t s = int64_t(2) << j;
-      const Strided4& gs = grads.shape[j];
-      const T* g = static_cast<const T*>(grads.data[j]) + b * gs.sn + c * gs.sc;
-      const SapRange rows = sap_windows_containing(y, s), cols = sap_windows_containing(x, s);
-      const int64_t oy_end = rows.last < gs.h ? rows.last : gs.h - 1;
-      const int64_t ox_end = cols.last < gs.w ? cols.last : gs.w - 1;
-      for (int64_t oy = rows.first > 0 ? rows.first : 0; oy <= oy_end; ++oy) {
-        const A count_y = A(sap_window_count(oy, s, gxs.h, count_include_pad));
-        for (int64_t ox = cols.first > 0 ? cols.first : 0; ox <= ox_end; ++ox) {
-          const A count = count_y * A(sap_window_count(ox, s, gxs.w, count_include_pad));
-          acc += to_acc(g[oy * gs.sh + ox * gs.sw]) / count;
-        }
-      }
+  }
+  __syncthreads();
+  {
+    const auto w = [&](int64_t oy, int64_t ox) { return w1[(oy + 1) * M1 + ox + 1]; };
+    for (int i = threadIdx.x; i < N1 * N1; i += kThreads) {
+      const int r = i / N1, q = i % N1;
+      SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
+      if (levels >= 2) sap_fold(cell, cells2[(r / 2) * N2 + q / 2], r, q);
+      cells1[i] = cell;
     }
-    grad_x[b * gxs.sn + c * gxs.sc + y * gxs.sh + x * gxs.sw] = from_acc<T>(acc);
+  }
+  __syncthreads();
+  T* dst = grad_x + b * gxs.sn + c * gxs.sc;
+  for (int i = threadIdx.x; i < TILE * TILE; i += kThreads) {
+    const int r = i / TILE, q = i % TILE;
+    const int64_t y = y0 + r, x = x0 + q;
+    if (y >= gxs.h || x >= gxs.w) continue;
+    dst[y * gxs.sh + x * gxs.sw] =
+        from_acc<T>(sap_pixel_gradient(cells1[(r / 2) * N1 + q / 2], r, q));
   }
 }
 
@@ -194,12 +258,34 @@ cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
 }
 
 template <typename T>
-cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, bool channels_last, int levels,
-                     bool count_include_pad, cudaStream_t stream) {
-  const int64_t total = gxs.n * gxs.c * gxs.h * gxs.w;
-  if (total == 0) return cudaSuccess;
-  backward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
-      grads, grad_x, gxs, channels_last, levels, count_include_pad);
+cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, int levels,
+                     bool count_include_pad, void* workspace, cudaStream_t stream) {
+  using A = acc_t<T>;
+  constexpr int TILE = TileSide<A>::value;
+  const int64_t planes = gxs.n * gxs.c;
+  if (planes == 0 || gxs.h == 0 || gxs.w == 0) return cudaSuccess;
+  const int64_t tiles_x = (gxs.w + TILE - 1) / TILE, tiles_y = (gxs.h + TILE - 1) / TILE;
+  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535)
+    return cudaErrorInvalidConfiguration;
+  // The workspace holds level 3's cells first, then level 4's, ...: fill it coarsest first.
+  std::vector<SapCell<A>*> level_cells(kSapMaxLevels + 2, nullptr);
+  auto* next = static_cast<SapCell<A>*>(workspace);
+  for (int j = 3; j <= levels; ++j) {
+    level_cells[j] = next;
+    next += planes * sap_out_size(gxs.h, int64_t(1) << j) * sap_out_size(gxs.w, int64_t(1) << j);
+  }
+  cudaError_t err = cudaSuccess;
+  for (int j = levels; j >= 3 && err == cudaSuccess; --j) {
+    const Strided4& gs = grads.shape[j - 1];
+    coarse_grad_kernel<T><<<blocks_for(planes * gs.h * gs.w), kThreads, 0, stream>>>(
+        static_cast<const T*>(grads.data[j - 1]), gs, int64_t(1) << j, gxs, count_include_pad,
+        level_cells[j + 1], level_cells[j]);
+    err = cudaGetLastError();
+  }
+  if (err != cudaSuccess) return err;
+  fine_grad_kernel<T, TILE><<<dim3(unsigned(planes), unsigned(tiles_x), unsigned(tiles_y)),
+                              kThreads, 0, stream>>>(grads, grad_x, gxs, levels,
+                                                     count_include_pad, level_cells[3]);
   return cudaGetLastError();
 }
 
@@ -218,14 +304,14 @@ cudaError_t launch_spatial_aware_pool_forward(const void* x, Strided4 xs, SapOut
 }
 
 cudaError_t launch_spatial_aware_pool_backward(SapGrads grads, void* grad_x, Strided4 gxs,
-                                               bool channels_last, int levels,
-                                               bool count_include_pad, DType dtype,
+                                               int levels, bool count_include_pad,
+                                               void* workspace, DType dtype,
                                                cudaStream_t stream) {
   if (levels < 1 || levels > kSapMaxLevels) return cudaErrorInvalidValue;
   cudaError_t err = cudaSuccess;
   RTSEG_DISPATCH_DTYPE(dtype, T, {
-    err = backward(grads, static_cast<T*>(grad_x), gxs, channels_last, levels,
-                   count_include_pad, stream);
+    err = backward(grads, static_cast<T*>(grad_x), gxs, levels, count_include_pad, workspace,
+                   stream);
   });
   return err;
 }

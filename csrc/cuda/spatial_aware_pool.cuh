@@ -16,8 +16,8 @@ template <typename Pointer> struct SapLevels {
 using SapOutputs = SapLevels<void*>;
 using SapGrads = SapLevels<const void*>;
 
-// Cells of levels 3..levels that the forward keeps in a scratch buffer of the accumulation type
-// (float32, or float64 for float64 input): the buffer holds 4 * this many elements.
+// Cells (forward) or cell gradients (backward) of levels 3..levels kept in a scratch buffer of
+// the accumulation type (float32, or float64 for float64 input): 4 * this many elements.
 inline int64_t sap_workspace_cells(int64_t planes, int64_t h, int64_t w, int64_t levels) {
   int64_t cells = 0;
   for (int64_t j = 3; j <= levels; ++j)
@@ -30,11 +30,11 @@ cudaError_t launch_spatial_aware_pool_forward(const void* x, Strided4 xs, SapOut
                                               int levels, bool count_include_pad,
                                               void* workspace, DType dtype, cudaStream_t stream);
 
-// Backward: every element of grad_x gathers the gradients of the windows that contain it, in a
-// fixed order (deterministic, no atomics). grad_x is dense: NCHW, or NHWC when channels_last.
+// Backward: the adjoint of the forward's cell pyramid, as gathers only (deterministic, no
+// atomics); `workspace` is sized as the forward's and holds levels 3.. cell gradients.
 cudaError_t launch_spatial_aware_pool_backward(SapGrads grads, void* grad_x, Strided4 gxs,
-                                               bool channels_last, int levels,
-                                               bool count_include_pad, DType dtype,
+                                               int levels, bool count_include_pad,
+                                               void* workspace, DType dtype,
                                                cudaStream_t stream);
 
 }  // namespace rtseg

@@ -1,5 +1,5 @@
 // Torch glue of the spatial_aware_pool CUDA kernels: argument checks, device guard, stream,
-// allocation of the outputs and of the coarse levels' cell buffer.
+// allocation of the outputs and of the coarse levels' cell (gradient) buffer.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -42,19 +42,22 @@ at::Tensor spatial_aware_pool_backward_cuda(at::TensorList grad_outputs, const a
   check_spatial_aware_pool_grads(grad_outputs, x, levels);
   const DType dtype = to_dtype(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::MemoryFormat format = output_format(x);
-  auto grad_x = at::empty(x.sizes(), x.options().memory_format(format));
+  auto grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   if (x.numel() == 0) return grad_x;
   SapGrads grads{};
   for (int64_t j = 0; j < levels; ++j) {
     grads.data[j] = grad_outputs[j].const_data_ptr();
     grads.shape[j] = strided4(grad_outputs[j]);
   }
-  // A gather in a fixed order: deterministic whatever deterministicAlgorithms() says.
-  check_launch(launch_spatial_aware_pool_backward(
-                   grads, grad_x.mutable_data_ptr(), strided4(grad_x),
-                   format == at::MemoryFormat::ChannelsLast, static_cast<int>(levels),
-                   count_include_pad, dtype, current_stream()),
+  auto workspace = at::empty({4 * sap_workspace_cells(x.size(0) * x.size(1), x.size(2),
+                                                      x.size(3), levels)},
+                             x.options().dtype(accumulation_type(x)));
+  // Gathers in a fixed order: deterministic whatever deterministicAlgorithms() says.
+  check_launch(launch_spatial_aware_pool_backward(grads, grad_x.mutable_data_ptr(),
+                                                  strided4(grad_x), static_cast<int>(levels),
+                                                  count_include_pad,
+                                                  workspace.mutable_data_ptr(), dtype,
+                                                  current_stream()),
                "spatial_aware_pool_backward");
   return grad_x;
 }

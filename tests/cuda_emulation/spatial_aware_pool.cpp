@@ -62,8 +62,8 @@ bool check(int64_t B, int64_t C, int64_t H, int64_t W, int levels, bool include_
   std::vector<T> grad_x(x.size());
   if (launch_spatial_aware_pool_forward(x.data(), xs, outs, levels, include_pad,
                                         workspace.data(), DTypeOf<T>::value, nullptr) ||
-      launch_spatial_aware_pool_backward(grads, grad_x.data(), xs, channels_last, levels,
-                                         include_pad, DTypeOf<T>::value, nullptr)) {
+      launch_spatial_aware_pool_backward(grads, grad_x.data(), xs, levels, include_pad,
+                                         workspace.data(), DTypeOf<T>::value, nullptr)) {
     std::printf("launch failed\n");
     return false;
   }

@@ -20,10 +20,25 @@ namespace {
 template <typename A> struct TileSide { static constexpr int value = 64; };
 template <> struct TileSide<double> { static constexpr int value = 32; };
 
+// Cells in shared memory as four arrays, so that threads reading one field of neighbouring
+// cells hit distinct banks.
+template <typename A, int N> struct SharedCells {
+  A block[N], col[N], row[N], point[N];
+  __device__ __forceinline__ SapCell<A> operator[](int i) const {
+    return {block[i], col[i], row[i], point[i]};
+  }
+  __device__ __forceinline__ void set(int i, const SapCell<A>& c) {
+    block[i] = c.block;
+    col[i] = c.col;
+    row[i] = c.row;
+    point[i] = c.point;
+  }
+};
+
 // Writes the outputs of one level owned by a tile: n x n outputs starting at (oy0, ox0), whose
-// cell (oy, ox) is cells[(oy - oy0 + 1) * pitch + ox - ox0 + 1] (a one-cell halo each side).
-template <typename T, typename A>
-__device__ void write_tile_outputs(const SapCell<A>* cells, int pitch, int n, int64_t oy0,
+// cell (oy, ox) is cells[first + (oy - oy0) * pitch + ox - ox0].
+template <typename T, typename A, typename Cells>
+__device__ void write_tile_outputs(const Cells& cells, int first, int pitch, int n, int64_t oy0,
                                    int64_t ox0, int64_t s, const Strided4& xs, T* out,
                                    const Strided4& os, int64_t b, int64_t c,
                                    bool count_include_pad) {
@@ -31,7 +46,7 @@ __device__ void write_tile_outputs(const SapCell<A>* cells, int pitch, int n, in
     const int64_t oy = oy0 + i / n, ox = ox0 + i % n;
     if (oy >= os.h || ox >= os.w) continue;
     const auto cell = [&](int64_t a, int64_t k) {
-      return cells[(a - oy0 + 1) * pitch + (k - ox0 + 1)];
+      return cells[first + int(a - oy0) * pitch + int(k - ox0)];
     };
     const A sum = sap_window_sum<A>(cell, oy, ox);
     const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
@@ -50,8 +65,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int N2 = TILE / 4 + 2;  // level 2 cells per side: 1 before, 1 after
   constexpr int N3 = TILE / 8;      // level 3 cells of the tile itself
   __shared__ A pixels[P * P];
-  __shared__ SapCell<A> cells1[N1 * N1];
-  __shared__ SapCell<A> cells2[N2 * N2];
+  __shared__ SharedCells<A, N1 * N1> cells1;
+  __shared__ SharedCells<A, N2 * N2> cells2;
 
   const int64_t plane = blockIdx.x;
   const int64_t b = plane / xs.c, c = plane % xs.c;
@@ -67,22 +82,21 @@ __global__ void __launch_bounds__(kThreads)
     const int r = 2 * (i / N1), q = 2 * (i % N1);
     const A p00 = pixels[r * P + q], p01 = pixels[r * P + q + 1];
     const A p10 = pixels[(r + 1) * P + q], p11 = pixels[(r + 1) * P + q + 1];
-    cells1[i] = {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00};
+    cells1.set(i, {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00});
   }
   __syncthreads();
   for (int i = threadIdx.x; i < N2 * N2; i += kThreads) {
     const int r = 2 * (i / N2), q = 2 * (i % N2);
-    cells2[i] = sap_merge(cells1[r * N1 + q], cells1[r * N1 + q + 1], cells1[(r + 1) * N1 + q],
-                          cells1[(r + 1) * N1 + q + 1]);
+    cells2.set(i, sap_merge(cells1[r * N1 + q], cells1[r * N1 + q + 1],
+                            cells1[(r + 1) * N1 + q], cells1[(r + 1) * N1 + q + 1]));
   }
   __syncthreads();
-  // cells1 starts at global cell y0/2 - 2 and the tile's outputs at y0/2, so output oy's cell
-  // is at oy - y0/2 + 2; write_tile_outputs adds the 1, hence cells1 + N1 + 1.
-  write_tile_outputs<T, A>(cells1 + N1 + 1, N1, TILE / 2, y0 / 2, x0 / 2, 2, xs,
+  // cells1 starts at global cell y0/2 - 2 and the tile's outputs at y0/2: two cells in.
+  write_tile_outputs<T, A>(cells1, 2 * N1 + 2, N1, TILE / 2, y0 / 2, x0 / 2, 2, xs,
                            static_cast<T*>(outs.data[0]), outs.shape[0], b, c,
                            count_include_pad);
   if (levels >= 2)
-    write_tile_outputs<T, A>(cells2, N2, TILE / 4, y0 / 4, x0 / 4, 4, xs,
+    write_tile_outputs<T, A>(cells2, N2 + 1, N2, TILE / 4, y0 / 4, x0 / 4, 4, xs,
                              static_cast<T*>(outs.data[1]), outs.shape[1], b, c,
                              count_include_pad);
   if (levels >= 3) {
@@ -177,8 +191,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int N1 = TILE / 2, N2 = TILE / 4;          // cells per side
   __shared__ A w1[M1 * M1];
   __shared__ A w2[M2 * M2];
-  __shared__ SapCell<A> cells1[N1 * N1];
-  __shared__ SapCell<A> cells2[N2 * N2];
+  __shared__ SharedCells<A, N1 * N1> cells1;
+  __shared__ SharedCells<A, N2 * N2> cells2;
 
   const int64_t plane = blockIdx.x;
   const int64_t b = plane / gxs.c, c = plane % gxs.c;
@@ -205,7 +219,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t gy = y0 / 4 + r, gx = x0 / 4 + q;  // global level 2 cell
       if (level3 != nullptr && gy / 2 < rows3 && gx / 2 < cols3)
         sap_fold(cell, level3[(plane * rows3 + gy / 2) * cols3 + gx / 2], gy, gx);
-      cells2[i] = cell;
+      cells2.set(i, cell);
     }
   }
   __syncthreads();
@@ -215,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
       const int r = i / N1, q = i % N1;
       SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
       if (levels >= 2) sap_fold(cell, cells2[(r / 2) * N2 + q / 2], r, q);
-      cells1[i] = cell;
+      cells1.set(i, cell);
     }
   }
   __syncthreads();

@@ -91,6 +91,24 @@ RTSEG_UNROLL
   return taps;
 }
 
+// Weighted sum of the used corners; load(offset) reads one. Unused corners are skipped rather
+// than multiplied by 0, so an inf or nan stored at offset 0 never leaks in (as in grid_sample).
+template <typename T, typename Load>
+RTSEG_HD T interpolate(const BilinearTaps<T>& taps, Load load) {
+  T v = T(0);
+  RTSEG_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (taps.weight[k] != T(0)) v += taps.weight[k] * load(taps.offset[k]);
+  }
+  return v;
+}
+
+// Whether corner k lies inside the plane. A corner can be inside with weight 0 (an exact grid
+// position) and still carry a derivative, so gradients test this rather than the weight.
+template <typename T> RTSEG_HD bool corner_used(const BilinearTaps<T>& taps, int k) {
+  return taps.weight[k] != T(0) || taps.dweight_dx[k] != T(0) || taps.dweight_dy[k] != T(0);
+}
+
 // grouped_flow_warp's sampling position for output pixel (x, y) of an H x W output displaced by
 // (dx, dy) pixels of the output grid, in pixel coordinates of the h x w input. Also returns
 // d(ix)/d(dx) and d(iy)/d(dy).

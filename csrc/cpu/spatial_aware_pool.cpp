@@ -110,10 +110,10 @@ void forward(const T* input, Strided4 xs, const std::vector<T*>& outs,
   });
 }
 
-// Level j's part of the gradient of input pixel x (in the current row) is u[x / s], the rows'
-// gradients of windows x/s and x/s + 1, plus, on the grid (x % s == 0), that of window x/s - 1.
-// Going from the coarsest level down, `blocks` and `points` fold every coarser level into level
-// j's block and grid-point indices, so each pixel finally reads two numbers instead of 3 per level.
+// Level j's part of the gradient of input pixel x in the current row: the row sums v of windows
+// x/s and x/s + 1, plus, on the grid (x % s == 0), that of window x/s - 1. From the coarsest
+// level down, `blocks` and `points` fold each coarser level into level j's block and grid-point
+// indices, so each pixel finally reads two numbers instead of 2 or 3 per level.
 template <typename T>
 void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& gs, T* grad_input,
               Strided4 xs, int64_t levels, bool count_include_pad) {

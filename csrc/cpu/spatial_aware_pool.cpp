@@ -13,22 +13,30 @@
 namespace rtseg {
 namespace {
 
-// A rows x cols grid stored with a one-element zero border, so lookups at -1 and at rows/cols
-// need no bounds checks.
+// A rows x cols grid of `lanes` values each (one per channel processed together), stored with a
+// one-element zero border, so lookups at -1 and at rows/cols need no bounds checks.
 template <typename V> struct BorderedGrid {
   std::vector<V> data;
-  int64_t rows = 0, cols = 0;
+  int64_t rows = 0, cols = 0, lanes = 1;
 
-  void reset(int64_t r, int64_t c) {
+  void reset(int64_t r, int64_t c, int64_t l = 1) {
     rows = r;
     cols = c;
-    data.resize((r + 2) * (c + 2));
-    std::fill(data.begin(), data.begin() + (c + 2), V{});
-    std::fill(data.end() - (c + 2), data.end(), V{});
-    for (int64_t i = 1; i <= r; ++i) data[i * (c + 2)] = data[i * (c + 2) + c + 1] = V{};
+    lanes = l;
+    const int64_t row_size = (c + 2) * l;
+    data.resize((r + 2) * row_size);
+    std::fill(data.begin(), data.begin() + row_size, V{});
+    std::fill(data.end() - row_size, data.end(), V{});
+    for (int64_t i = 1; i <= r; ++i) {
+      std::fill_n(data.begin() + i * row_size, l, V{});
+      std::fill_n(data.begin() + i * row_size + (c + 1) * l, l, V{});
+    }
   }
-  V* row(int64_t i) { return data.data() + (i + 1) * (cols + 2) + 1; }  // i in [-1, rows]
-  const V& at(int64_t i, int64_t k) const { return data[(i + 1) * (cols + 2) + k + 1]; }
+  // Cell (i, k)'s first lane, for i in [-1, rows] and k in [-1, cols].
+  V* at(int64_t i, int64_t k) { return data.data() + ((i + 1) * (cols + 2) + k + 1) * lanes; }
+  const V* at(int64_t i, int64_t k) const {
+    return data.data() + ((i + 1) * (cols + 2) + k + 1) * lanes;
+  }
 };
 
 // Per level: divisors of each output row and column (their product is avg_pool2d's divisor).
@@ -50,16 +58,26 @@ std::vector<LevelCounts<A>> level_counts(int64_t h, int64_t w, int64_t levels,
   return counts;
 }
 
-// Copies input row y of a plane into `dst` (length >= w, zero past w) as the accumulation type.
+// Copies input row y, channels [c0, c0 + lanes) of batch item b, into `dst` as the accumulation
+// type: dst[x * lanes + l], zero past the map's width, and all zero past its height.
 template <typename T, typename A>
-void load_row(const T* plane, const Strided4& xs, int64_t y, std::vector<A>& dst) {
-  std::fill(dst.begin() + xs.w, dst.end(), A(0));
+void load_row(const T* input, const Strided4& xs, int64_t b, int64_t c0, int64_t lanes,
+              int64_t y, std::vector<A>& dst) {
+  std::fill(dst.begin() + xs.w * lanes, dst.end(), A(0));
   if (y >= xs.h) {
-    std::fill(dst.begin(), dst.begin() + xs.w, A(0));
+    std::fill(dst.begin(), dst.begin() + xs.w * lanes, A(0));
     return;
   }
-  const T* src = plane + y * xs.sh;
-  for (int64_t x = 0; x < xs.w; ++x) dst[x] = A(src[x * xs.sw]);
+  const T* src = input + b * xs.sn + c0 * xs.sc + y * xs.sh;
+  for (int64_t x = 0; x < xs.w; ++x)
+    for (int64_t l = 0; l < lanes; ++l) dst[x * lanes + l] = A(src[x * xs.sw + l * xs.sc]);
+}
+
+// Channels processed together by one task: one when rows are contiguous (NCHW), up to 16 when
+// channels are the innermost dimension (channels_last), so each pixel's read is a cache line
+// rather than one element of a line that another task reads again.
+inline int64_t lanes_for(const Strided4& s) {
+  return s.sc == 1 && s.c > 1 ? std::min<int64_t>(16, s.c) : 1;
 }
 
 template <typename T>
@@ -67,43 +85,52 @@ void forward(const T* input, Strided4 xs, const std::vector<T*>& outs,
              const std::vector<Strided4>& os, int64_t levels, bool count_include_pad) {
   using A = acc_t<T>;
   const auto counts = level_counts<A>(xs.h, xs.w, levels, count_include_pad);
-  at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
+  const int64_t max_lanes = lanes_for(xs), groups = (xs.c + max_lanes - 1) / max_lanes;
+  at::parallel_for(0, xs.n * groups, 1, [&](int64_t begin, int64_t end) {
     BorderedGrid<SapCell<A>> cur, next;
-    std::vector<A> row0(2 * sap_out_size(xs.w, 2)), row1(row0.size());
-    for (int64_t plane_index = begin; plane_index < end; ++plane_index) {
-      const int64_t b = plane_index / xs.c, c = plane_index % xs.c;
-      const T* plane = input + b * xs.sn + c * xs.sc;
-      cur.reset(sap_out_size(xs.h, 2), sap_out_size(xs.w, 2));
+    std::vector<A> row0(2 * sap_out_size(xs.w, 2) * max_lanes), row1(row0.size());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / groups, c0 = (task % groups) * max_lanes;
+      const int64_t lanes = std::min(max_lanes, xs.c - c0);
+      cur.reset(sap_out_size(xs.h, 2), sap_out_size(xs.w, 2), lanes);
       for (int64_t i = 0; i < cur.rows; ++i) {
-        load_row(plane, xs, 2 * i, row0);
-        load_row(plane, xs, 2 * i + 1, row1);
-        SapCell<A>* dst = cur.row(i);
-        for (int64_t k = 0; k < cur.cols; ++k) {
-          const A p00 = row0[2 * k], p01 = row0[2 * k + 1];
-          const A p10 = row1[2 * k], p11 = row1[2 * k + 1];
-          dst[k] = {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00};
-        }
+        load_row(input, xs, b, c0, lanes, 2 * i, row0);
+        load_row(input, xs, b, c0, lanes, 2 * i + 1, row1);
+        SapCell<A>* dst = cur.at(i, 0);
+        for (int64_t k = 0; k < cur.cols; ++k)
+          for (int64_t l = 0; l < lanes; ++l) {
+            const int64_t left = 2 * k * lanes + l;  // pixel 2k, lane l
+            const A p00 = row0[left], p01 = row0[left + lanes];
+            const A p10 = row1[left], p11 = row1[left + lanes];
+            dst[k * lanes + l] = {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00};
+          }
       }
       for (int64_t j = 0; j < levels; ++j) {
         if (j > 0) {
-          next.reset(sap_out_size(cur.rows, 2), sap_out_size(cur.cols, 2));
-          for (int64_t i = 0; i < next.rows; ++i) {
-            SapCell<A>* dst = next.row(i);
-            for (int64_t k = 0; k < next.cols; ++k)
-              dst[k] = sap_merge(cur.at(2 * i, 2 * k), cur.at(2 * i, 2 * k + 1),
-                                 cur.at(2 * i + 1, 2 * k), cur.at(2 * i + 1, 2 * k + 1));
-          }
+          next.reset(sap_out_size(cur.rows, 2), sap_out_size(cur.cols, 2), lanes);
+          for (int64_t i = 0; i < next.rows; ++i)
+            for (int64_t k = 0; k < next.cols; ++k) {
+              SapCell<A>* dst = next.at(i, k);
+              const SapCell<A>* c00 = cur.at(2 * i, 2 * k);
+              const SapCell<A>* c01 = cur.at(2 * i, 2 * k + 1);
+              const SapCell<A>* c10 = cur.at(2 * i + 1, 2 * k);
+              const SapCell<A>* c11 = cur.at(2 * i + 1, 2 * k + 1);
+              for (int64_t l = 0; l < lanes; ++l)
+                dst[l] = sap_merge(c00[l], c01[l], c10[l], c11[l]);
+            }
           std::swap(cur, next);
         }
-        const auto cell = [&](int64_t i, int64_t k) { return cur.at(i, k); };
         const Strided4& o = os[j];
-        T* out_plane = outs[j] + b * o.sn + c * o.sc;
+        int64_t l = 0;
+        const auto cell = [&](int64_t i, int64_t k) { return cur.at(i, k)[l]; };
         for (int64_t oy = 0; oy < cur.rows; ++oy) {
-          T* out_row = out_plane + oy * o.sh;
+          T* out_row = outs[j] + b * o.sn + c0 * o.sc + oy * o.sh;
           const A count_y = counts[j].rows[oy];
-          for (int64_t ox = 0; ox < cur.cols; ++ox)
-            out_row[ox * o.sw] =
-                T(sap_window_sum<A>(cell, oy, ox) / (count_y * counts[j].cols[ox]));
+          for (int64_t ox = 0; ox < cur.cols; ++ox) {
+            const A count = count_y * counts[j].cols[ox];
+            for (l = 0; l < lanes; ++l)
+              out_row[ox * o.sw + l * o.sc] = T(sap_window_sum<A>(cell, oy, ox) / count);
+          }
         }
       }
     }
@@ -134,7 +161,7 @@ void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& g
         blocks[j].resize(g.w);
         points[j].resize(g.w);
         for (int64_t oy = 0; oy < g.h; ++oy) {
-          A* dst = weights[j].row(oy);
+          A* dst = weights[j].at(oy, 0);
           const A count_y = counts[j].rows[oy];
           for (int64_t ox = 0; ox < g.w; ++ox)
             dst[ox] = A(g_plane[oy * g.sh + ox * g.sw]) / (count_y * counts[j].cols[ox]);
@@ -147,7 +174,7 @@ void backward(const std::vector<const T*>& grads, const std::vector<Strided4>& g
           const SapRange r = sap_windows_containing(y, int64_t(2) << j);
           v.assign(wg.cols + 2, A(0));
           for (int64_t oy = r.first; oy <= r.last; ++oy) {
-            const A* row = &wg.at(oy, -1);
+            const A* row = wg.at(oy, -1);
             for (int64_t k = 0; k < wg.cols + 2; ++k) v[k] += row[k];
           }
           A* blk = blocks[j].data();

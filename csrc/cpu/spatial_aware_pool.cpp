@@ -80,18 +80,20 @@ inline int64_t lanes_for(const Strided4& s) {
   return s.sc == 1 && s.c > 1 ? std::min<int64_t>(16, s.c) : 1;
 }
 
-template <typename T>
+// kLanes = 1 (the NCHW case) lets the compiler drop the lane loops and vectorise the rows.
+template <typename T, int64_t kLanes>
 void forward(const T* input, Strided4 xs, const std::vector<T*>& outs,
              const std::vector<Strided4>& os, int64_t levels, bool count_include_pad) {
   using A = acc_t<T>;
   const auto counts = level_counts<A>(xs.h, xs.w, levels, count_include_pad);
-  const int64_t max_lanes = lanes_for(xs), groups = (xs.c + max_lanes - 1) / max_lanes;
+  const int64_t max_lanes = kLanes == 1 ? 1 : lanes_for(xs);
+  const int64_t groups = (xs.c + max_lanes - 1) / max_lanes;
   at::parallel_for(0, xs.n * groups, 1, [&](int64_t begin, int64_t end) {
     BorderedGrid<SapCell<A>> cur, next;
     std::vector<A> row0(2 * sap_out_size(xs.w, 2) * max_lanes), row1(row0.size());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / groups, c0 = (task % groups) * max_lanes;
-      const int64_t lanes = std::min(max_lanes, xs.c - c0);
+      const int64_t lanes = kLanes == 1 ? 1 : std::min(max_lanes, xs.c - c0);
       cur.reset(sap_out_size(xs.h, 2), sap_out_size(xs.w, 2), lanes);
       for (int64_t i = 0; i < cur.rows; ++i) {
         load_row(input, xs, b, c0, lanes, 2 * i, row0);
@@ -215,8 +217,9 @@ std::vector<at::Tensor> spatial_aware_pool_cpu(const at::Tensor& x, int64_t leve
       out_ptrs.push_back(o.mutable_data_ptr<scalar_t>());
       out_strides.push_back(strided4(o));
     }
-    forward<scalar_t>(x.const_data_ptr<scalar_t>(), strided4(x), out_ptrs, out_strides, levels,
-                      count_include_pad);
+    const auto run = lanes_for(strided4(x)) == 1 ? &forward<scalar_t, 1> : &forward<scalar_t, 0>;
+    run(x.const_data_ptr<scalar_t>(), strided4(x), out_ptrs, out_strides, levels,
+        count_include_pad);
   });
   return outs;
 }

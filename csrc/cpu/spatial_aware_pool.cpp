@@ -228,19 +228,24 @@ at::Tensor spatial_aware_pool_backward_cpu(at::TensorList grad_outputs, const at
                                            int64_t levels, bool count_include_pad) {
   check_spatial_aware_pool_args(x, levels);
   check_spatial_aware_pool_grads(grad_outputs, x, levels);
-  auto grad_input = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
-  if (x.numel() == 0) return grad_input;
+  // The kernel works plane by plane; for channels_last, planes are strided by C and the tasks
+  // would fight over cache lines (several times slower than the two layout copies).
+  const bool channels_last = output_format(x) == at::MemoryFormat::ChannelsLast;
+  auto grad_input = at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return grad_input.contiguous(output_format(x));
+  std::vector<at::Tensor> grads;
+  for (const auto& g : grad_outputs) grads.push_back(channels_last ? g.contiguous() : g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_aware_pool_backward_cpu", [&] {
     std::vector<const scalar_t*> grad_ptrs;
     std::vector<Strided4> grad_strides;
-    for (const auto& g : grad_outputs) {
+    for (const auto& g : grads) {
       grad_ptrs.push_back(g.const_data_ptr<scalar_t>());
       grad_strides.push_back(strided4(g));
     }
     backward<scalar_t>(grad_ptrs, grad_strides, grad_input.mutable_data_ptr<scalar_t>(),
                        strided4(grad_input), levels, count_include_pad);
   });
-  return grad_input;
+  return channels_last ? grad_input.contiguous(at::MemoryFormat::ChannelsLast) : grad_input;
 }
 
 }  // namespace

@@ -21,4 +21,7 @@ TORCH_LIBRARY(rtseg, m) {
   m.def("gated_flow_fusion_backward(Tensor grad_output, Tensor high, Tensor low, "
         "Tensor flow_high, Tensor flow_low, Tensor gate_high, Tensor gate_low, int groups) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
+  m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
+        "bool count_include_pad) -> Tensor");
 }

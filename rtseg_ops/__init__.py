@@ -9,9 +9,11 @@ from . import reference
 from ._backend import backend_table, extension_loaded
 from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
     "gated_flow_fusion", "GatedFlowFusion",
+    "spatial_aware_pool", "SpatialAwarePool",
 ]

@@ -9,8 +9,11 @@
 from .api import create_model, list_models, profile, register_model
 from .layers import (ConvBNAct, DepthwiseSeparableConv, SegmentationModel, fuse_for_inference,
                      resolve_op)
+from .resnet import ResNet18
+from .csfcn import CSFCN, ContextFeatureCalibration, SpatialFeatureCalibration
 
 __all__ = [
     "create_model", "list_models", "profile", "register_model",
     "ConvBNAct", "DepthwiseSeparableConv", "SegmentationModel", "fuse_for_inference", "resolve_op",
+    "ResNet18", "CSFCN", "ContextFeatureCalibration", "SpatialFeatureCalibration",
 ]

@@ -11,9 +11,11 @@ from .layers import (ConvBNAct, DepthwiseSeparableConv, SegmentationModel, fuse_
                      resolve_op)
 from .resnet import ResNet18
 from .csfcn import CSFCN, ContextFeatureCalibration, SpatialFeatureCalibration
+from .msfnet import MSFNet, class_boundary_labels, msfnet_loss
 
 __all__ = [
     "create_model", "list_models", "profile", "register_model",
     "ConvBNAct", "DepthwiseSeparableConv", "SegmentationModel", "fuse_for_inference", "resolve_op",
     "ResNet18", "CSFCN", "ContextFeatureCalibration", "SpatialFeatureCalibration",
+    "MSFNet", "class_boundary_labels", "msfnet_loss",
 ]

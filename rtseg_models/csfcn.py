@@ -104,6 +104,7 @@ class CSFCN(SegmentationModel):
         num_classes: K, the number of output classes.
         ops: "fused" (rtseg_ops kernels) or "reference" (their PyTorch references).
         deep_stem: the released backbone's three-conv stem (default) or torchvision's stem.
+        stem_width: width w of the deep stem (3->w->w->2w); see `ResNet18`.
         pretrained: path of a torchvision-format ResNet-18 state dict for the backbone.
         released: use the released code's CFC (direct pooling, plain key/value convs, CRB on
             the context alone) instead of the paper's.
@@ -113,10 +114,10 @@ class CSFCN(SegmentationModel):
     input is not a multiple of 32, bilinearly resized to the input size.
     """
 
-    def __init__(self, num_classes=19, ops="fused", deep_stem=True, pretrained=None,
-                 released=False, groups=2):
+    def __init__(self, num_classes=19, ops="fused", deep_stem=True, stem_width=64,
+                 pretrained=None, released=False, groups=2):
         super().__init__(ops)
-        self.backbone = ResNet18(deep_stem=deep_stem, pretrained=pretrained)
+        self.backbone = ResNet18(deep_stem, pretrained, stem_width)
         self.drl = ConvBNAct(512, 256, 3)
         self.cfc = ContextFeatureCalibration(256, 32, cascade=not released, kv_norm=not released,
                                              crb_input="context" if released else "sum", ops=ops)

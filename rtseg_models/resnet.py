@@ -36,20 +36,22 @@ class ResNet18(nn.Module):
     1/8, 1/16 and 1/32 of the input with 64, 128, 256 and 512 channels.
 
     deep_stem=False: torchvision's stem (7x7/2 conv 3->64, BN, ReLU, 3x3/2 max pool).
-    deep_stem=True: three 3x3 ConvBNReLU (3->64 stride 2, 64->64, 64->128) and the max pool, so
-    layer1 starts from 128 channels with a 1x1 projection to 64 (CSFCN's released backbone).
+    deep_stem=True: three 3x3 ConvBNReLU (3->w stride 2, w->w, w->2w) and the max pool, with
+    w = stem_width. w = 64 (default) is CSFCN's released backbone: layer1 starts from 128
+    channels with a 1x1 projection to 64. w = 32 is the ResNet-V1c stem (no projection).
     pretrained: path of a torchvision-format state dict, loaded with `load_pretrained`.
     """
     channels = (64, 128, 256, 512)
     bn_folds = (("conv1", "bn1"),)
 
-    def __init__(self, deep_stem=False, pretrained=None):
+    def __init__(self, deep_stem=False, pretrained=None, stem_width=64):
         super().__init__()
         self.deep_stem = deep_stem
         if deep_stem:
-            self.stem = nn.Sequential(ConvBNAct(3, 64, 3, stride=2), ConvBNAct(64, 64, 3),
-                                      ConvBNAct(64, 128, 3))
-            stem_channels = 128
+            w = stem_width
+            self.stem = nn.Sequential(ConvBNAct(3, w, 3, stride=2), ConvBNAct(w, w, 3),
+                                      ConvBNAct(w, 2 * w, 3))
+            stem_channels = 2 * w
         else:
             self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
             self.bn1 = nn.BatchNorm2d(64)

@@ -93,7 +93,7 @@ def test_eval_any_size(model, size):
 
 
 def test_fuse_for_inference_keeps_logits(model):
-    check_fuse_for_inference(model, ODD)
+    check_fuse_for_inference(model, (65, 97))
 
 
 def test_channels_last(model):

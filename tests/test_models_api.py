@@ -75,7 +75,7 @@ def test_profile():
     assert result == dict(params=sum(p.numel() for p in net.parameters()), macs=macs,
                           gmacs=macs / 1e9)
     assert net.training, "profile must restore the training mode"
-    assert rtseg_models.profile(net, (2, 3, 10, 12), device=None) == result
+    assert rtseg_models.profile(net, (2, 3, 10, 12), compute=True) == result
 
 
 def test_fuse_for_inference_folds_conv_bn_pairs_only():

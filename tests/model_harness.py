@@ -179,3 +179,21 @@ def conv_macs_by_hooks(model, size):
     with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
         model(torch.zeros((1, 3) + tuple(size)))
     return total[0]
+
+
+def check_cuda_low_precision(name, size, dtype, channels_last=False, rtol=5e-2, **options):
+    """The fused model on CUDA in `dtype` (BN folded, optionally channels_last) gives the
+    float32 CPU reference model's eval logits within `rtol` of their scale."""
+    model = make_model(name, "fused", **options).eval()
+    reference = twin(model, name, "reference", **options).eval()
+    x = image(size)
+    with torch.no_grad():
+        expected = reference(x)
+        cuda = model.fuse_for_inference().to("cuda", dtype)
+        xc = x.to("cuda", dtype)
+        if channels_last:
+            cuda = cuda.to(memory_format=torch.channels_last)
+            xc = xc.contiguous(memory_format=torch.channels_last)
+        out = cuda(xc)
+    assert out.dtype == dtype
+    assert_close(out.float().cpu(), expected, rtol, f"CUDA {dtype} logits")

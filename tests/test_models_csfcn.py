@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import rtseg_models
-from model_harness import (check_channels_last, check_compile, check_eval_size,
-                           check_forward_backward, check_fuse_for_inference,
+from model_harness import (check_channels_last, check_compile, check_cuda_low_precision,
+                           check_eval_size, check_forward_backward, check_fuse_for_inference,
                            check_fused_matches_reference, check_training_step,
                            conv_macs_by_hooks, make_model, randomize_, twin)
+from op_harness import requires_cuda
 from rtseg_models.api import count_parameters
 from rtseg_models.csfcn import ContextFeatureCalibration, SpatialFeatureCalibration
 
@@ -149,3 +150,10 @@ def test_bad_options():
         rtseg_models.create_model("csfcn", ops="fast")
     with pytest.raises(ValueError, match="crb_input"):
         ContextFeatureCalibration(crb_input="x")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_low_precision(dtype, channels_last):
+    check_cuda_low_precision("csfcn", (256, 512), dtype, channels_last, num_classes=K)

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import rtseg_models
-from model_harness import (check_channels_last, check_compile, check_eval_size,
-                           check_forward_backward, check_fuse_for_inference,
+from model_harness import (check_channels_last, check_compile, check_cuda_low_precision,
+                           check_eval_size, check_forward_backward, check_fuse_for_inference,
                            check_fused_matches_reference, check_training_step,
                            conv_macs_by_hooks, make_model)
+from op_harness import requires_cuda
 from rtseg_models.msfnet import class_boundary_labels, mfm_inputs, msfnet_loss
 
 K = 19
@@ -138,3 +139,10 @@ def test_compile_fullgraph(model):
 
 def test_training_step_lowers_the_loss():
     check_training_step(make_model("msfnet", num_classes=5), msfnet_loss, SMALL, 5, steps=2)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_low_precision(dtype, channels_last):
+    check_cuda_low_precision("msfnet", (256, 512), dtype, channels_last, num_classes=K)

@@ -50,11 +50,13 @@ def test_gmacs_match_the_paper_with_the_v1c_stem():
         assert within(gmacs, paper, 0.05), f"{size}: {gmacs:.2f} GMACs vs the paper's {paper}"
 
 
-@pytest.mark.xfail(strict=True, reason="the spec's deep stem (3->64->64->128 at 1/2 "
-                   "resolution) alone costs 59.9 GMACs at 1024x2048: 154.3 in all, not 99.8")
-def test_gmacs_match_the_paper_with_the_spec_stem():
-    model = rtseg_models.create_model("csfcn", num_classes=K)
-    assert within(rtseg_models.profile(model, (1, 3, 1024, 2048))["gmacs"], 99.8, 0.05)
+def test_gmacs_of_the_spec_stem():
+    """The spec's released stem (3->64->64->128 at 1/2 resolution) alone costs 59.9 GMACs at
+    1024x2048, so that variant cannot reach Table VIII's 99.8: it measures 154.3 (see the README's
+    model table). Pinned so that a change in the count is noticed."""
+    model = rtseg_models.create_model("csfcn", num_classes=K, stem_width=64)
+    gmacs = rtseg_models.profile(model, (1, 3, 1024, 2048))["gmacs"]
+    assert within(gmacs, 154.33, 0.005), f"{gmacs:.2f} GMACs"
 
 
 @pytest.mark.parametrize("deep_stem", [True, False])

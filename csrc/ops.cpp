@@ -16,4 +16,11 @@ TORCH_LIBRARY(rtseg, m) {
         "bool align_corners) -> Tensor");
   m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
         "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  m.def("factorized_dw_conv(Tensor x, Tensor weight_v, Tensor weight_h, int dilation, "
+        "Tensor? scale_v, Tensor? shift_v, Tensor? prelu_v, Tensor? scale_h, Tensor? shift_h, "
+        "Tensor? prelu_h, str order) -> Tensor");
+  m.def("factorized_dw_conv_backward(Tensor grad_output, Tensor x, Tensor weight_v, "
+        "Tensor weight_h, int dilation, Tensor? scale_v, Tensor? shift_v, Tensor? prelu_v, "
+        "Tensor? scale_h, Tensor? shift_h, Tensor? prelu_h, str order) -> (Tensor, Tensor, "
+        "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -7,9 +7,11 @@ says which implementation each op runs on each device in this build.
 """
 from . import reference
 from ._backend import backend_table, extension_loaded
+from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+    "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
 ]

@@ -72,14 +72,32 @@ struct DWStageTensors {
   }
 };
 
-// Gradients of one stage from the reduced (C, kDWGrads) partials: weight, scale, shift, prelu.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> factorized_dw_stage_grads(
-    const at::Tensor& reduced, int stage, const at::Tensor& weight, at::ScalarType dtype) {
-  const int64_t base = stage * kDWGradsPerStage;
-  auto column = [&](int64_t k) { return reduced.select(1, base + k).to(dtype).contiguous(); };
-  auto grad_weight = reduced.slice(1, base + kDWGradWeight, base + kDWGradWeight + 3)
-                         .to(dtype).contiguous().view(weight.sizes());
-  return {grad_weight, column(kDWGradScale), column(kDWGradShift), column(kDWGradPrelu)};
+// The kernels compute order "vh"; "hv" runs them on H/W-transposed views of every tensor.
+inline Strided4 factorized_dw_view(const at::Tensor& t, bool hv) {
+  return hv ? transpose_hw(strided4(t)) : strided4(t);
+}
+
+using FactorizedDWGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                     at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The backward's outputs from grad_x and the reduced (C, kDWGrads) parameter-gradient sums,
+// whose stages are in kernel order (first, second): (grad_x, weight_v, weight_h, scale_v,
+// shift_v, prelu_v, scale_h, shift_h, prelu_h).
+inline FactorizedDWGrads factorized_dw_grads(const at::Tensor& grad_x, const at::Tensor& reduced,
+                                             bool hv, const at::Tensor& weight_v,
+                                             const at::Tensor& weight_h) {
+  const auto dtype = grad_x.scalar_type();
+  auto stage = [&](int index, const at::Tensor& weight) {
+    const int64_t base = index * kDWGradsPerStage;
+    auto column = [&](int64_t k) { return reduced.select(1, base + k).to(dtype).contiguous(); };
+    auto grad_weight = reduced.slice(1, base + kDWGradWeight, base + kDWGradWeight + 3)
+                           .to(dtype).contiguous().view(weight.sizes());
+    return std::make_tuple(grad_weight, column(kDWGradScale), column(kDWGradShift),
+                           column(kDWGradPrelu));
+  };
+  auto [gwv, gsv, gbv, gav] = stage(hv ? 1 : 0, weight_v);
+  auto [gwh, gsh, gbh, gah] = stage(hv ? 0 : 1, weight_h);
+  return {grad_x, gwv, gwh, gsv, gbv, gav, gsh, gbh, gah};
 }
 
 }  // namespace rtseg

@@ -30,17 +30,18 @@ struct DWStage {
   A w0, w1, w2, scale, shift, slope;
   bool prelu;
 
-  template <typename T>
-  RTSEG_HD static DWStage load(const DWStagePtrs& p, int64_t c) {
+  // `to_acc` converts a stored T to A (the CUDA side cannot static_cast half types).
+  template <typename T, typename Convert>
+  RTSEG_HD static DWStage load(const DWStagePtrs& p, int64_t c, Convert to_acc) {
     const T* w = static_cast<const T*>(p.weight) + 3 * c;
     DWStage s;
-    s.w0 = static_cast<A>(w[0]);
-    s.w1 = static_cast<A>(w[1]);
-    s.w2 = static_cast<A>(w[2]);
-    s.scale = p.scale ? static_cast<A>(static_cast<const T*>(p.scale)[c]) : A(1);
-    s.shift = p.shift ? static_cast<A>(static_cast<const T*>(p.shift)[c]) : A(0);
+    s.w0 = to_acc(w[0]);
+    s.w1 = to_acc(w[1]);
+    s.w2 = to_acc(w[2]);
+    s.scale = p.scale ? to_acc(static_cast<const T*>(p.scale)[c]) : A(1);
+    s.shift = p.shift ? to_acc(static_cast<const T*>(p.shift)[c]) : A(0);
     s.prelu = p.prelu != nullptr;
-    s.slope = s.prelu ? static_cast<A>(static_cast<const T*>(p.prelu)[c]) : A(1);
+    s.slope = s.prelu ? to_acc(static_cast<const T*>(p.prelu)[c]) : A(1);
     return s;
   }
 

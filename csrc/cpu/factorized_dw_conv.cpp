@@ -12,6 +12,11 @@
 namespace rtseg {
 namespace {
 
+template <typename T, typename A = acc_t<T>>
+DWStage<A> load_stage(const DWStagePtrs& p, int64_t c) {
+  return DWStage<A>::template load<T>(p, c, [](T v) { return static_cast<A>(v); });
+}
+
 template <typename T, typename A>
 void load_row(const T* src, int64_t stride, int64_t n, A* dst) {
   if (stride == 1) {
@@ -71,8 +76,8 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
     A *above = buf.data(), *center = above + W, *below = center + W, *t = below + W;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / xs.c, c = task % xs.c;
-      const auto first = DWStage<A>::template load<T>(first_p, c);
-      const auto second = DWStage<A>::template load<T>(second_p, c);
+      const auto first = load_stage<T>(first_p, c);
+      const auto second = load_stage<T>(second_p, c);
       const T* plane = x + b * xs.sn + c * xs.sc;
       T* out_plane = out + b * os.sn + c * os.sc;
       for (int64_t y = 0; y < xs.h; ++y) {
@@ -104,8 +109,8 @@ void backward(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x
     std::vector<A> grad_u1(H * W);  // gradient at the first conv's output
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / xs.c, c = task % xs.c;
-      const auto first = DWStage<A>::template load<T>(first_p, c);
-      const auto second = DWStage<A>::template load<T>(second_p, c);
+      const auto first = load_stage<T>(first_p, c);
+      const auto second = load_stage<T>(second_p, c);
       const T* plane = x + b * xs.sn + c * xs.sc;
       const T* g_plane = grad_out + b * gs.sn + c * gs.sc;
       A sums[kDWGrads] = {};
@@ -173,7 +178,7 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
   if (out.numel() == 0) return out;
   const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
                                                                  prelu_h);
-  auto view = [hv](const at::Tensor& t) { return hv ? transpose_hw(strided4(t)) : strided4(t); };
+  auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_cpu", [&] {
     forward<scalar_t>(x.const_data_ptr<scalar_t>(), view(x), out.mutable_data_ptr<scalar_t>(),
                       view(out), dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs());
@@ -181,14 +186,11 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor, at::Tensor>
-factorized_dw_conv_backward_cpu(const at::Tensor& grad_output, const at::Tensor& x,
-                                const at::Tensor& weight_v, const at::Tensor& weight_h,
-                                int64_t dilation, const OptTensor& scale_v,
-                                const OptTensor& shift_v, const OptTensor& prelu_v,
-                                const OptTensor& scale_h, const OptTensor& shift_h,
-                                const OptTensor& prelu_h, c10::string_view order) {
+FactorizedDWGrads factorized_dw_conv_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_v,
+    const at::Tensor& weight_h, int64_t dilation, const OptTensor& scale_v,
+    const OptTensor& shift_v, const OptTensor& prelu_v, const OptTensor& scale_h,
+    const OptTensor& shift_h, const OptTensor& prelu_h, c10::string_view order) {
   const bool hv = check_factorized_dw_args(x, weight_v, weight_h, dilation, scale_v, shift_v,
                                            prelu_v, scale_h, shift_h, prelu_h, order);
   check_factorized_dw_grad(grad_output, x);
@@ -199,9 +201,7 @@ factorized_dw_conv_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   if (grad_x.numel() > 0) {
     const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
                                                                    prelu_h);
-    auto view = [hv](const at::Tensor& t) {
-      return hv ? transpose_hw(strided4(t)) : strided4(t);
-    };
+    auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_backward_cpu", [&] {
       backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), view(grad_output),
                          x.const_data_ptr<scalar_t>(), view(x),
@@ -213,11 +213,7 @@ factorized_dw_conv_backward_cpu(const at::Tensor& grad_output, const at::Tensor&
   // Sum over the batch in order (deterministic whatever the thread count).
   auto reduced = at::zeros({C, kDWGrads}, partials.options());
   for (int64_t b = 0; b < B; ++b) reduced.add_(partials.select(0, b));
-  const int first = hv ? 1 : 0;  // index of the vertical stage among (first, second)
-  auto [gwv, gsv, gbv, gav] = factorized_dw_stage_grads(reduced, first, weight_v, x.scalar_type());
-  auto [gwh, gsh, gbh, gah] = factorized_dw_stage_grads(reduced, 1 - first, weight_h,
-                                                        x.scalar_type());
-  return {grad_x, gwv, gwh, gsv, gbv, gav, gsh, gbh, gah};
+  return factorized_dw_grads(grad_x, reduced, hv, weight_v, weight_h);
 }
 
 }  // namespace

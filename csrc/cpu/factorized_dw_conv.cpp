@@ -92,6 +92,77 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
   });
 }
 
+// Channel-contiguous views (channels_last): one task per (batch, row) over all channels, so every
+// inner loop runs along C. Per-channel parameters are unpacked into arrays first; a missing
+// PReLU is slope 1, for which max(z, 0) + slope * min(z, 0) is exactly z.
+template <typename A>
+struct StageArrays {
+  std::vector<A> w0, w1, w2, scale, shift, slope;
+
+  // u[c] = act(scale * u[c] + shift)
+  void affine_act(A* u, int64_t C) const {
+    for (int64_t c = 0; c < C; ++c) {
+      const A z = scale[c] * u[c] + shift[c];
+      u[c] = std::max(z, A(0)) + slope[c] * std::min(z, A(0));
+    }
+  }
+};
+
+template <typename T, typename A = acc_t<T>>
+StageArrays<A> make_stage_arrays(const DWStagePtrs& p, int64_t C) {
+  StageArrays<A> a;
+  for (auto* v : {&a.w0, &a.w1, &a.w2, &a.scale, &a.shift, &a.slope}) v->resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const auto s = load_stage<T>(p, c);
+    a.w0[c] = s.w0, a.w1[c] = s.w1, a.w2[c] = s.w2;
+    a.scale[c] = s.scale, a.shift[c] = s.shift, a.slope[c] = s.prelu ? s.slope : A(1);
+  }
+  return a;
+}
+
+template <typename T>
+void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d,
+                           DWStagePtrs first_p, DWStagePtrs second_p) {
+  using A = acc_t<T>;
+  const int64_t C = xs.c, H = xs.h, W = xs.w;
+  const auto first = make_stage_arrays<T>(first_p, C);
+  const auto second = make_stage_arrays<T>(second_p, C);
+  at::parallel_for(0, xs.n * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> t(W * C), u(C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / H, y = task % H;
+      const T* row = x + b * xs.sn + y * xs.sh;
+      for (int64_t i = 0; i < W; ++i) {
+        const T* px = row + i * xs.sw;
+        A* ti = t.data() + i * C;
+        for (int64_t c = 0; c < C; ++c) ti[c] = first.w1[c] * static_cast<A>(px[c]);
+        if (y - d >= 0) {
+          const T* pa = px - d * xs.sh;
+          for (int64_t c = 0; c < C; ++c) ti[c] += first.w0[c] * static_cast<A>(pa[c]);
+        }
+        if (y + d < H) {
+          const T* pb = px + d * xs.sh;
+          for (int64_t c = 0; c < C; ++c) ti[c] += first.w2[c] * static_cast<A>(pb[c]);
+        }
+        first.affine_act(ti, C);
+      }
+      T* out_row = out + b * os.sn + y * os.sh;
+      for (int64_t i = 0; i < W; ++i) {
+        const A* ti = t.data() + i * C;
+        for (int64_t c = 0; c < C; ++c) u[c] = second.w1[c] * ti[c];
+        if (i - d >= 0) {
+          for (int64_t c = 0; c < C; ++c) u[c] += second.w0[c] * ti[c - d * C];
+        }
+        if (i + d < W) {
+          for (int64_t c = 0; c < C; ++c) u[c] += second.w2[c] * ti[c + d * C];
+        }
+        second.affine_act(u.data(), C);
+        store_row(u.data(), C, out_row + i * os.sw, os.sc);
+      }
+    }
+  });
+}
+
 // Per plane: each row recomputes the intermediate, back-propagates through the second stage and
 // the first stage's affine and PReLU (all row-local), keeping the gradient at the first conv's
 // output in a plane buffer; the vertical transposed conv of that buffer gives grad_x. Parameter
@@ -180,8 +251,10 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
                                                                  prelu_h);
   auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_cpu", [&] {
-    forward<scalar_t>(x.const_data_ptr<scalar_t>(), view(x), out.mutable_data_ptr<scalar_t>(),
-                      view(out), dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs());
+    auto kernel = x.stride(1) == 1 && x.size(1) > 1 ? forward_channels_last<scalar_t>
+                                                    : forward<scalar_t>;
+    kernel(x.const_data_ptr<scalar_t>(), view(x), out.mutable_data_ptr<scalar_t>(), view(out),
+           dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs());
   });
   return out;
 }

@@ -89,9 +89,12 @@ inline FactorizedDWGrads factorized_dw_grads(const at::Tensor& grad_x, const at:
   const auto dtype = grad_x.scalar_type();
   auto stage = [&](int index, const at::Tensor& weight) {
     const int64_t base = index * kDWGradsPerStage;
-    auto column = [&](int64_t k) { return reduced.select(1, base + k).to(dtype).contiguous(); };
+    // copy=true: outputs of an op must not alias each other (nor `reduced`)
+    auto column = [&](int64_t k) {
+      return reduced.select(1, base + k).to(dtype, false, true).contiguous();
+    };
     auto grad_weight = reduced.slice(1, base + kDWGradWeight, base + kDWGradWeight + 3)
-                           .to(dtype).contiguous().view(weight.sizes());
+                           .to(dtype, false, true).contiguous().view(weight.sizes());
     return std::make_tuple(grad_weight, column(kDWGradScale), column(kDWGradShift),
                            column(kDWGradPrelu));
   };

@@ -108,14 +108,16 @@ def test_empty_batch(device):
     assert torch.equal(rest[0].grad, torch.zeros_like(rest[0]))
 
 
-@pytest.mark.parametrize("order,present", [("vh", "all"), ("hv", "all"), ("vh", "no_prelu")])
-def test_gradcheck(order, present):
+@pytest.mark.parametrize("order,present,layout", [("vh", "all", "contiguous"),
+                                                  ("hv", "all", "channels_last"),
+                                                  ("vh", "no_prelu", "contiguous")])
+def test_gradcheck(order, present, layout):
     # Seeds whose inputs keep every pre-activation away from PReLU's kink by more than
     # gradcheck's eps (the reference passes on them too).
     check_gradcheck(op, None, {}, seeds=(0, 1),
                     make_args=lambda seed: make_inputs(B=1, C=2, hw=(5, 6), dilation=2,
                                                        order=order, present=PRESENT[present],
-                                                       seed=seed + 10))
+                                                       seed=seed + 10, layout=layout))
 
 
 @pytest.mark.parametrize("order,layout,present,dilation", [

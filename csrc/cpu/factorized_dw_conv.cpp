@@ -163,6 +163,112 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
   });
 }
 
+// d act / dz per channel (StageArrays form of DWStage::act_grad).
+template <typename A>
+A act_grad(A z, A slope, bool prelu) {
+  return prelu ? A(z >= A(0) ? 1 : 0) + (z <= A(0) ? slope : A(0)) : A(1);
+}
+
+// Channel-contiguous backward: one task per (batch, row) over all channels. A row's gradient at
+// the first conv's output only needs that row, so it is computed per task into grad_u1 (B, H, W, C)
+// with the parameter-gradient sums of the task in partials (B * H, kDWGrads, C); a second pass
+// applies the vertical transposed conv. The caller sums the partials over tasks in order.
+template <typename T>
+void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x,
+                            Strided4 gxs, int64_t d, DWStagePtrs first_p, DWStagePtrs second_p,
+                            acc_t<T>* grad_u1, acc_t<T>* partials) {
+  using A = acc_t<T>;
+  const int64_t C = xs.c, H = xs.h, W = xs.w;
+  const auto first = make_stage_arrays<T>(first_p, C);
+  const auto second = make_stage_arrays<T>(second_p, C);
+  const bool prelu1 = first_p.prelu != nullptr, prelu2 = second_p.prelu != nullptr;
+  at::parallel_for(0, xs.n * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> u1(W * C), t(W * C), dsec(W * C);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / H, y = task % H;
+      A* sums = partials + task * kDWGrads * C;
+      auto sum = [&](int stage, int k) { return sums + (stage * kDWGradsPerStage + k) * C; };
+      const T* row = x + b * xs.sn + y * xs.sh;
+      for (int64_t i = 0; i < W; ++i) {
+        const T* px = row + i * xs.sw;
+        A* ui = u1.data() + i * C;
+        for (int64_t c = 0; c < C; ++c) ui[c] = first.w1[c] * static_cast<A>(px[c]);
+        if (y - d >= 0) {
+          for (int64_t c = 0; c < C; ++c) ui[c] += first.w0[c] * static_cast<A>(px[c - d * xs.sh]);
+        }
+        if (y + d < H) {
+          for (int64_t c = 0; c < C; ++c) ui[c] += first.w2[c] * static_cast<A>(px[c + d * xs.sh]);
+        }
+        A* ti = t.data() + i * C;
+        std::copy(ui, ui + C, ti);
+        first.affine_act(ti, C);
+      }
+      const T* g_row = grad_out + b * gs.sn + y * gs.sh;
+      A *s2_scale = sum(1, kDWGradScale), *s2_shift = sum(1, kDWGradShift),
+        *s2_prelu = sum(1, kDWGradPrelu), *s2_w = sum(1, kDWGradWeight);
+      for (int64_t i = 0; i < W; ++i) {
+        const A* ti = t.data() + i * C;
+        const T* gi = g_row + i * gs.sw;
+        A* di = dsec.data() + i * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const A left = i - d >= 0 ? ti[c - d * C] : A(0);
+          const A right = i + d < W ? ti[c + d * C] : A(0);
+          const A u2 = second.w0[c] * left + second.w1[c] * ti[c] + second.w2[c] * right;
+          const A z2 = second.scale[c] * u2 + second.shift[c];
+          const A g = static_cast<A>(gi[c * gs.sc]);
+          const A dz2 = g * act_grad(z2, second.slope[c], prelu2);
+          s2_scale[c] += dz2 * u2;
+          s2_shift[c] += dz2;
+          s2_prelu[c] += g * std::min(z2, A(0));
+          di[c] = dz2 * second.scale[c];
+          s2_w[c] += di[c] * left;
+          s2_w[C + c] += di[c] * ti[c];
+          s2_w[2 * C + c] += di[c] * right;
+        }
+      }
+      A *s1_scale = sum(0, kDWGradScale), *s1_shift = sum(0, kDWGradShift),
+        *s1_prelu = sum(0, kDWGradPrelu), *s1_w = sum(0, kDWGradWeight);
+      A* e_row = grad_u1 + task * W * C;
+      for (int64_t i = 0; i < W; ++i) {
+        const A* di = dsec.data() + i * C;
+        const A* ui = u1.data() + i * C;
+        const T* px = row + i * xs.sw;
+        A* ei = e_row + i * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const A dt = second.w1[c] * di[c] + (i - d >= 0 ? second.w2[c] * di[c - d * C] : A(0)) +
+                       (i + d < W ? second.w0[c] * di[c + d * C] : A(0));
+          const A z1 = first.scale[c] * ui[c] + first.shift[c];
+          const A dz1 = dt * act_grad(z1, first.slope[c], prelu1);
+          s1_scale[c] += dz1 * ui[c];
+          s1_shift[c] += dz1;
+          s1_prelu[c] += dt * std::min(z1, A(0));
+          ei[c] = dz1 * first.scale[c];
+          if (y - d >= 0) s1_w[c] += ei[c] * static_cast<A>(px[c - d * xs.sh]);
+          s1_w[C + c] += ei[c] * static_cast<A>(px[c]);
+          if (y + d < H) s1_w[2 * C + c] += ei[c] * static_cast<A>(px[c + d * xs.sh]);
+        }
+      }
+    }
+  });
+  at::parallel_for(0, xs.n * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / H, y = task % H;
+      const A* e = grad_u1 + task * W * C;
+      T* out_row = grad_x + b * gxs.sn + y * gxs.sh;
+      for (int64_t i = 0; i < W; ++i) {
+        const A* ei = e + i * C;
+        T* gi = out_row + i * gxs.sw;
+        for (int64_t c = 0; c < C; ++c) {
+          A v = first.w1[c] * ei[c];
+          if (y + d < H) v += first.w0[c] * ei[c + d * W * C];
+          if (y - d >= 0) v += first.w2[c] * ei[c - d * W * C];
+          gi[c] = static_cast<T>(v);
+        }
+      }
+    }
+  });
+}
+
 // Per plane: each row recomputes the intermediate, back-propagates through the second stage and
 // the first stage's affine and PReLU (all row-local), keeping the gradient at the first conv's
 // output in a plane buffer; the vertical transposed conv of that buffer gives grad_x. Parameter
@@ -260,38 +366,59 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
 }
 
 FactorizedDWGrads factorized_dw_conv_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& x_arg, const at::Tensor& weight_v,
+    const at::Tensor& grad_output, const at::Tensor& x, const at::Tensor& weight_v,
     const at::Tensor& weight_h, int64_t dilation, const OptTensor& scale_v,
     const OptTensor& shift_v, const OptTensor& prelu_v, const OptTensor& scale_h,
     const OptTensor& shift_h, const OptTensor& prelu_h, c10::string_view order) {
-  const bool hv = check_factorized_dw_args(x_arg, weight_v, weight_h, dilation, scale_v,
-                                           shift_v, prelu_v, scale_h, shift_h, prelu_h, order);
-  check_factorized_dw_grad(grad_output, x_arg);
-  const int64_t B = x_arg.size(0), C = x_arg.size(1);
-  // The per-plane kernel reads rows along W: channel-contiguous tensors go through NCHW copies
-  // (two reads and a write more, far cheaper than reading every plane with stride C).
-  const bool channels_last = x_arg.stride(1) == 1 && C > 1;
-  const at::Tensor x = channels_last ? x_arg.contiguous() : x_arg;
-  const at::Tensor grad_out = channels_last ? grad_output.contiguous() : grad_output;
+  const bool hv = check_factorized_dw_args(x, weight_v, weight_h, dilation, scale_v, shift_v,
+                                           prelu_v, scale_h, shift_h, prelu_h, order);
+  check_factorized_dw_grad(grad_output, x);
+  const int64_t B = x.size(0), C = x.size(1);
   auto grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto partials = at::zeros({B, C, kDWGrads}, x.options().dtype(acc_type));
-  if (grad_x.numel() > 0) {
-    const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
-                                                                   prelu_h);
-    auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_backward_cpu", [&] {
-      backward<scalar_t>(grad_out.const_data_ptr<scalar_t>(), view(grad_out),
-                         x.const_data_ptr<scalar_t>(), view(x),
-                         grad_x.mutable_data_ptr<scalar_t>(), view(grad_x), dilation,
-                         hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs(),
-                         partials.mutable_data_ptr<acc_t<scalar_t>>());
-    });
+  const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
+                                                                 prelu_h);
+  auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
+  at::Tensor reduced;
+  // Gradients of channels_last tensors come out channels_last (output_format), so the row kernel
+  // writes grad_x along C.
+  if (x.stride(1) == 1 && C > 1 && grad_x.stride(1) == 1) {
+    const Strided4 xv = view(x);
+    const int64_t tasks = xv.n * xv.h;
+    auto partials = at::zeros({tasks, kDWGrads, C}, x.options().dtype(acc_type));
+    auto grad_u1 = at::empty({xv.n, xv.h, xv.w, C}, x.options().dtype(acc_type));
+    reduced = at::zeros({kDWGrads, C}, partials.options());
+    if (grad_x.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_backward_cpu", [&] {
+        using A = acc_t<scalar_t>;
+        A* parts = partials.mutable_data_ptr<A>();
+        backward_channels_last<scalar_t>(
+            grad_output.const_data_ptr<scalar_t>(), view(grad_output),
+            x.const_data_ptr<scalar_t>(), xv, grad_x.mutable_data_ptr<scalar_t>(), view(grad_x),
+            dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs(),
+            grad_u1.mutable_data_ptr<A>(), parts);
+        // Sum over the row tasks in order (deterministic whatever the thread count).
+        A* sums = reduced.mutable_data_ptr<A>();
+        for (int64_t task = 0; task < tasks; ++task)
+          for (int64_t i = 0; i < kDWGrads * C; ++i) sums[i] += parts[task * kDWGrads * C + i];
+      });
+    }
+    reduced = reduced.t();
+  } else {
+    auto partials = at::zeros({B, C, kDWGrads}, x.options().dtype(acc_type));
+    if (grad_x.numel() > 0) {
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_backward_cpu", [&] {
+        backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), view(grad_output),
+                           x.const_data_ptr<scalar_t>(), view(x),
+                           grad_x.mutable_data_ptr<scalar_t>(), view(grad_x), dilation,
+                           hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs(),
+                           partials.mutable_data_ptr<acc_t<scalar_t>>());
+      });
+    }
+    // Sum over the batch in order (deterministic whatever the thread count).
+    reduced = at::zeros({C, kDWGrads}, partials.options());
+    for (int64_t b = 0; b < B; ++b) reduced.add_(partials.select(0, b));
   }
-  if (channels_last) grad_x = grad_x.contiguous(output_format(x_arg));
-  // Sum over the batch in order (deterministic whatever the thread count).
-  auto reduced = at::zeros({C, kDWGrads}, partials.options());
-  for (int64_t b = 0; b < B; ++b) reduced.add_(partials.select(0, b));
   return factorized_dw_grads(grad_x, reduced, hv, weight_v, weight_h);
 }
 

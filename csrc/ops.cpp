@@ -16,4 +16,8 @@ TORCH_LIBRARY(rtseg, m) {
         "bool align_corners) -> Tensor");
   m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
         "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  m.def("scalar_weighted_sum(Tensor[] inputs, Tensor weights, bool normalize, float eps, "
+        "str? activation) -> Tensor");
+  m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
+        "bool normalize, float eps, str? activation) -> (Tensor[], Tensor)");
 }

@@ -8,8 +8,10 @@ says which implementation each op runs on each device in this build.
 from . import reference
 from ._backend import backend_table, extension_loaded
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+    "scalar_weighted_sum", "ScalarWeightedSum",
 ]

@@ -7,6 +7,7 @@ says which implementation each op runs on each device in this build.
 """
 from . import reference
 from ._backend import backend_table, extension_loaded
+from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
 from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 
@@ -14,4 +15,5 @@ __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
     "scalar_weighted_sum", "ScalarWeightedSum",
+    "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
 ]

@@ -7,54 +7,18 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import rtseg_ops
+
 from .api import register_model
-from .layers import ConvBNAct, SegmentationModel, resolve_op
+from .layers import ConvBNAct, SegmentationModel
 
 BN_EPS = 1e-3
 
 
-class _FactorizedDWConv(nn.Module):
-    """Stand-in for rtseg_ops.FactorizedDWConv until it is merged: 3x1 and 1x3 depthwise convs
-    (order "vh" or "hv"), each with BN (eps 1e-3) and PReLU. Training runs the layers; eval runs
-    the op with the BNs folded into per-channel scale and shift."""
-
-    def __init__(self, channels, dilation=1, order="vh", bn_eps=BN_EPS, prelu=True, ops="fused"):
-        super().__init__()
-        self.dilation, self.order = dilation, order
-        d = dilation
-        self.conv_v = nn.Conv2d(channels, channels, (3, 1), padding=(d, 0), dilation=(d, 1),
-                                groups=channels, bias=False)
-        self.conv_h = nn.Conv2d(channels, channels, (1, 3), padding=(0, d), dilation=(1, d),
-                                groups=channels, bias=False)
-        self.bn_v = nn.BatchNorm2d(channels, eps=bn_eps)
-        self.bn_h = nn.BatchNorm2d(channels, eps=bn_eps)
-        self.prelu_v = nn.PReLU(channels) if prelu else None
-        self.prelu_h = nn.PReLU(channels) if prelu else None
-        self.fn = resolve_op("factorized_dw_conv", ops)
-
-    @staticmethod
-    def _folded(bn):
-        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-        return scale, bn.bias - bn.running_mean * scale
-
-    def forward(self, x):
-        if self.training:
-            stages = [(self.conv_v, self.bn_v, self.prelu_v), (self.conv_h, self.bn_h, self.prelu_h)]
-            for conv, bn, prelu in (stages if self.order == "vh" else stages[::-1]):
-                x = bn(conv(x))
-                x = x if prelu is None else prelu(x)
-            return x
-        scale_v, shift_v = self._folded(self.bn_v)
-        scale_h, shift_h = self._folded(self.bn_h)
-        slope = lambda p: None if p is None else p.weight  # noqa: E731
-        return self.fn(x, self.conv_v.weight, self.conv_h.weight, self.dilation,
-                       scale_v, shift_v, slope(self.prelu_v), scale_h, shift_h,
-                       slope(self.prelu_h), order=self.order)
-
-
 def factorized_dw(channels, dilation, order, ops):
     """The one place that builds the BRU's paired depthwise convs."""
-    return _FactorizedDWConv(channels, dilation, order=order, bn_eps=BN_EPS, prelu=True, ops=ops)
+    return rtseg_ops.FactorizedDWConv(channels, dilation, order=order, bn_eps=BN_EPS, prelu=True,
+                                      ops=ops)
 
 
 def conv_bn_prelu(in_channels, out_channels, kernel_size, stride=1, groups=1):
@@ -160,6 +124,15 @@ class Upsample(nn.Module):
         y = self.bn(self.deconv(x, output_size=size))
         return F.relu6(y) if self.relu6 else F.relu(y)
 
+    @torch.no_grad()
+    def fold_bn(self):
+        """Fold the eval BatchNorm into the transposed conv (its output channels are dim 1)."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            scale, shift = rtseg_ops.fold_batchnorm(self.bn)
+            self.deconv.weight.mul_(scale.view(1, -1, 1, 1))
+            self.deconv.bias.mul_(scale).add_(shift)
+            self.bn = nn.Identity()
+
 
 class DetailResidualModule(nn.Module):
     """DRM on a C-channel input, every conv followed by BN + PReLU.
@@ -242,16 +215,19 @@ class FBSNet(SegmentationModel):
     the input size when it is odd). Where the paper is silent (BN/PReLU placement, biases,
     ReLU6, the projection) the released code fills the gap.
 
-    `variant="paper"` (Table I): 3 / 3 / 20 encoder BRUs at 16 / 64 / 128 ch (stage-3 dilations
-    (1, 2, 5, 9, 17) x 4), 3 + 3 decoder BRUs at 64 / 16 ch, DRM 16->64->64->64->16 with
-    separable middle convs, SAM multiplied, FAM at 16 ch with reduction 4. K = 19: 601,223
-    parameters (Table II: 0.615419M, -2.3%) and 9.27 GMACs at 512x1024 (Table II: 9.7037
-    GFLOPs, -4.5%); the remainder is not recoverable from the text (Table II's ablation is on
-    CamVid, K = 11, which makes the gap larger, and its SDB costs 22.5k parameters against this
-    DRM's 20.6k).
-    `variant="released"`: 5 / 5 / 16 encoder BRUs (the 64-ch stage with dilations 1, 2, 5, 9,
-    17), 32-ch decoder tail and FAM (8 reduced channels), plain 3x3 DRM 16->32->128->32, the SAM
-    map broadcast-added, left branch second pair 1x3 first; 607,199 parameters for K = 19.
+    `variant="paper"` (Table I): 3 / 3 / 20 encoder BRUs at 16 / 64 / 128 ch (the 128-ch
+    dilations (1, 2, 5, 9, 17) x 4), 3 + 3 decoder BRUs at 64 / 16 ch, DRM 16->64->64->64->16
+    with separable middle convs, SAM multiplied, FAM at 16 ch with reduction 4. K = 19: 601,235
+    parameters (Table II: 0.615419M, -2.3%) and 9.08 GMACs at 512x1024 (Table II: 9.7037
+    GFLOPs, -6.4%). The rest is not recoverable from the text: Table II's SDB costs 22.5k
+    parameters and 2.95 GFLOPs against this DRM's 20.6k and 2.7 GMACs, and Table II is
+    measured on CamVid (K = 11), which only widens the gap.
+    `variant="released"`: 5 / 5 / 16 encoder BRUs (64-ch dilations 1, 2, 5, 9, 17; 128-ch
+    dilations 1, 2, 5, 9 twice then 2, 5, 9, 17 twice), 32-ch decoder tail and FAM (8 reduced
+    channels), plain 3x3 DRM 16->32->128->32 whose SAM map (1 channel) is broadcast-added to
+    the SIB, ReLU6 after the upsampling convs, the left branch's second pair 1x3 first. K = 19:
+    607,103 parameters; the released code reports 607,199 because it also builds a BN + PReLU
+    on 32 channels (96 parameters) that its forward never uses, left out here.
     `ops`: "fused" runs the rtseg_ops kernels, "reference" their PyTorch references.
     forward(x) -> logits (B, K, H, W); any input size works.
     """
@@ -275,6 +251,14 @@ class FBSNet(SegmentationModel):
         self.sam = SpatialAttention(multiply=not cfg["released"])
         self.fam = FeatureAggregation(c5, cfg["fam_mid"])
         self.project = nn.ConvTranspose2d(c5, num_classes, 2, stride=2)
+
+    def fuse_for_inference(self):
+        """Fold every BatchNorm that follows a conv or transposed conv (the BRUs' depthwise
+        pairs fold theirs on each eval call); the BNs of sums and concatenations stay."""
+        super().fuse_for_inference()
+        self.up1.fold_bn()
+        self.up2.fold_bn()
+        return self
 
     def forward(self, x):
         x0 = self.initial(x)

@@ -25,35 +25,22 @@ skip convs the model would have 0.58M parameters, so they are kept as released.
 Convolution MACs at 1024x2048 are about 3.3G (the paper's 4.5 GFLOPs were counted with thop,
 which also counts BN, activations and pooling).
 """
-import torch
 from torch import nn
 import torch.nn.functional as F
 
+import rtseg_ops
+
 from .api import register_model
-from .layers import ConvBNAct, DepthwiseSeparableConv, SegmentationModel, resolve_op
+from .layers import ConvBNAct, DepthwiseSeparableConv, SegmentationModel
 from .mobilenetv3 import MobileNetV3SmallTrunk
 
 HFR_CHANNELS = (40, 112, 320)
 
 
-class _ScalarWeightedSum(nn.Module):
-    """SW-Sum node: stand-in for rtseg_ops.ScalarWeightedSum until it is merged."""
-
-    def __init__(self, num_inputs, normalize=False, activation=None, ops="fused"):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_inputs))
-        self.normalize, self.activation = normalize, activation
-        self.fn = resolve_op("scalar_weighted_sum", ops)
-
-    def forward(self, inputs):
-        return self.fn(list(inputs), self.weight, normalize=self.normalize,
-                       activation=self.activation)
-
-
 def sw_sum(num_inputs, released, ops):
     """The one place that builds SW-Sum nodes."""
-    return _ScalarWeightedSum(num_inputs, normalize=released,
-                              activation="swish" if released else None, ops=ops)
+    return rtseg_ops.ScalarWeightedSum(num_inputs, normalize=released,
+                                       activation="swish" if released else None, ops=ops)
 
 
 class FusionNode(nn.Module):
@@ -66,7 +53,7 @@ class FusionNode(nn.Module):
                                            act=None)
 
     def forward(self, *inputs):
-        return self.conv(self.fuse(inputs))
+        return self.conv(self.fuse(*inputs))
 
 
 class SGCPModule(nn.Module):

@@ -15,7 +15,7 @@ from rtseg_models.api import count_parameters
 from rtseg_models.fbsnet import BRU, channel_shuffle
 
 K = 19
-SMALL = (32, 64)      # 1/8: 4x8
+SMALL = (16, 32)      # 1/8: 2x4
 ODD = (45, 67)        # odd at every scale
 VARIANTS = ["paper", "released"]
 

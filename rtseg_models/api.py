@@ -8,11 +8,11 @@ GMACs are multiply-accumulates of convolutions and matrix products counted by
 build get flop formulas here, equal to what FlopCounterMode counts for their references, so the
 fused and the reference path of a model report the same number.
 """
-import copy
+import contextlib
 import math
-import warnings
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 import rtseg_ops  # noqa: F401  (loads the extension, so torch.ops.rtseg holds this build's ops)
@@ -54,33 +54,28 @@ def count_parameters(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def profile(model, input_size, device="meta"):
-    """Parameters and GMACs of one eval-mode forward of `model` on a zero input of `input_size`.
+def profile(model, input_size, compute=False):
+    """Parameters and GMACs of one eval-mode forward of `model` on an input of `input_size`.
 
-    device="meta" (default) runs a meta-device copy of the model: shapes only, so full-resolution
-    counts are instant; there the rtseg ops run their references (same count by construction).
-    device=None runs `model` itself where its parameters are, through its fused kernels.
-    Returns dict(params=int, macs=int, gmacs=float).
+    By default the forward runs under FakeTensorMode: shapes only, so full-resolution counts
+    are instant, on the model's own device and through its own ops (the rtseg custom ops run
+    their fake kernels and are counted by their flop formulas). compute=True runs the real
+    forward on a zero input. Returns dict(params=int, macs=int, gmacs=float).
     """
-    params = count_parameters(model)
-    target = model
-    if device is not None:
-        target = copy.deepcopy(model).to(device)
-    else:
-        device = next(model.parameters()).device
-    was_training = target.training
-    target.eval()
-    x = torch.zeros(tuple(input_size), device=device)
+    like = next(model.parameters())
+    was_training = model.training
+    model.eval()
     counter = FlopCounterMode(display=False)
+    fake = contextlib.nullcontext() if compute else FakeTensorMode(allow_non_fake_inputs=True)
     try:
-        with torch.no_grad(), counter, warnings.catch_warnings():
-            # on meta, the ops warn that they have no kernel there and run the reference
-            warnings.simplefilter("ignore", RuntimeWarning)
-            target(x)
+        with torch.no_grad(), fake:
+            x = torch.zeros(tuple(input_size), device=like.device, dtype=like.dtype)
+            with counter:
+                model(x)
     finally:
-        target.train(was_training)
+        model.train(was_training)
     macs = counter.get_total_flops() // 2
-    return dict(params=params, macs=macs, gmacs=macs / 1e9)
+    return dict(params=count_parameters(model), macs=macs, gmacs=macs / 1e9)
 
 
 # --- flop formulas of the rtseg custom ops (2 flops per multiply-accumulate) ------------------

@@ -61,7 +61,8 @@ class SpatialFeatureCalibration(nn.Module):
     """SFC with its dimension reduction (DRL): brings the coarse `low` and the fine `high` to
     `channels` with 3x3 ConvBNReLU, predicts per-group offsets and two gates from both, and
     fuses them with `gated_flow_fusion`:
-    out = (1 + tanh(gate_low)) * warp(up(low), flow_low) + (1 + tanh(gate_high)) * warp(high, flow_high).
+    out = (1 + tanh(gate_low)) * warp(up(low), flow_low)
+        + (1 + tanh(gate_high)) * warp(high, flow_high).
 
     The last conv of the offset block starts at zero, so the module starts as plain
     upsample-and-add fusion (zero offsets, gates 1). The 1x1 reduction of `low` (no bias) is

@@ -4,6 +4,7 @@ import copy
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import rtseg_models
 
@@ -160,9 +161,9 @@ def check_training_step(model, loss_fn, size, num_classes, steps=3, lr=1e-3, bat
 
 
 def conv_macs_by_hooks(model, size):
-    """MACs of every Conv2d and Linear of one eval forward, from forward hooks on a meta-device
-    copy: an independent count to compare `rtseg_models.profile` with."""
-    meta = copy.deepcopy(model).to("meta").eval()
+    """MACs of every Conv2d and Linear of one eval forward (shapes only, under FakeTensorMode),
+    from forward hooks: an independent count to compare `rtseg_models.profile` with."""
+    model = copy.deepcopy(model).eval()
     total = [0]
 
     def hook(module, inputs, output):
@@ -172,9 +173,27 @@ def conv_macs_by_hooks(model, size):
         else:
             total[0] += output.numel() * module.in_features
 
-    for m in meta.modules():
+    for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             m.register_forward_hook(hook)
-    with torch.no_grad():
-        meta(torch.zeros((1, 3) + tuple(size), device="meta"))
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        model(torch.zeros((1, 3) + tuple(size)))
     return total[0]
+
+
+def check_cuda_low_precision(name, size, dtype, channels_last=False, rtol=5e-2, **options):
+    """The fused model on CUDA in `dtype` (BN folded, optionally channels_last) gives the
+    float32 CPU reference model's eval logits within `rtol` of their scale."""
+    model = make_model(name, "fused", **options).eval()
+    reference = twin(model, name, "reference", **options).eval()
+    x = image(size)
+    with torch.no_grad():
+        expected = reference(x)
+        cuda = model.fuse_for_inference().to("cuda", dtype)
+        xc = x.to("cuda", dtype)
+        if channels_last:
+            cuda = cuda.to(memory_format=torch.channels_last)
+            xc = xc.contiguous(memory_format=torch.channels_last)
+        out = cuda(xc)
+    assert out.dtype == dtype
+    assert_close(out.float().cpu(), expected, rtol, f"CUDA {dtype} logits")

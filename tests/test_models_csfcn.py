@@ -6,16 +6,23 @@ import torch
 import torch.nn.functional as F
 
 import rtseg_models
-from model_harness import (check_channels_last, check_compile, check_eval_size,
-                           check_forward_backward, check_fuse_for_inference,
+from model_harness import (check_channels_last, check_compile, check_cuda_low_precision,
+                           check_eval_size, check_forward_backward, check_fuse_for_inference,
                            check_fused_matches_reference, check_training_step,
                            conv_macs_by_hooks, make_model, randomize_, twin)
+from op_harness import requires_cuda
 from rtseg_models.api import count_parameters
 from rtseg_models.csfcn import ContextFeatureCalibration, SpatialFeatureCalibration
 
 K = 19
 SMALL = (32, 64)      # 1/8: 4x8, 1/32: 1x2 (tiny: the CPU is shared)
 ODD = (250, 380)      # not a multiple of 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A CSFCN with random weights and BN statistics; tests that change it take a copy."""
+    return make_model("csfcn", num_classes=K).eval()
 
 
 def within(value, target, tolerance):
@@ -53,7 +60,7 @@ def test_gmacs_match_the_paper_with_the_spec_stem():
 @pytest.mark.parametrize("deep_stem", [True, False])
 def test_profile_counts_every_conv_and_the_attention(deep_stem):
     """profile = Conv2d MACs from forward hooks + the attention's two products (N*M*(Ck+Cv)),
-    at full resolution on the meta device."""
+    at full resolution."""
     model = rtseg_models.create_model("csfcn", num_classes=K, deep_stem=deep_stem)
     size = (1024, 2048)
     n, m = (1024 // 32) * (2048 // 32), 100
@@ -61,19 +68,13 @@ def test_profile_counts_every_conv_and_the_attention(deep_stem):
     assert rtseg_models.profile(model, (1, 3) + size)["macs"] == expected
 
 
-def test_profile_on_cpu_equals_meta_for_both_ops_settings(model):
-    """On the CPU the fused path runs the rtseg ops (counted by their flop formulas), on meta
-    the references (counted natively): the counts agree."""
-    for ops in ("fused", "reference"):
-        other = model if ops == "fused" else twin(model, "csfcn", "reference", num_classes=K)
-        on_cpu = rtseg_models.profile(other, (1, 3) + SMALL, device=None)
-        assert on_cpu == rtseg_models.profile(other, (1, 3) + SMALL)
-
-
-@pytest.fixture(scope="module")
-def model():
-    """A CSFCN with random weights and BN statistics; tests that change it take a copy."""
-    return make_model("csfcn", num_classes=K).eval()
+def test_profile_computed_equals_shapes_only_for_both_ops_settings(model):
+    """The fused path counts the rtseg ops by their flop formulas (computed or through their
+    fake kernels), the reference path their references natively: all counts agree."""
+    expected = rtseg_models.profile(model, (1, 3) + SMALL)
+    for net in (model, twin(model, "csfcn", "reference", num_classes=K)):
+        assert rtseg_models.profile(net, (1, 3) + SMALL, compute=True) == expected
+        assert rtseg_models.profile(net, (1, 3) + SMALL) == expected
 
 
 @pytest.mark.parametrize("options", [{}, {"released": True, "deep_stem": False}],
@@ -93,7 +94,7 @@ def test_eval_any_size(model, size):
 
 
 def test_fuse_for_inference_keeps_logits(model):
-    check_fuse_for_inference(model, ODD)
+    check_fuse_for_inference(model, (65, 97))
 
 
 def test_channels_last(model):
@@ -149,3 +150,10 @@ def test_bad_options():
         rtseg_models.create_model("csfcn", ops="fast")
     with pytest.raises(ValueError, match="crb_input"):
         ContextFeatureCalibration(crb_input="x")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_low_precision(dtype, channels_last):
+    check_cuda_low_precision("csfcn", (256, 512), dtype, channels_last, num_classes=K)

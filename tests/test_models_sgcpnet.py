@@ -40,9 +40,8 @@ def test_variants_have_the_same_parameters():
 def test_gmacs_match_the_paper():
     """About 3.3 G conv multiply-accumulates at 1024x2048 (the paper's 4.5 GFLOPs are thop's
     count, which adds BN, activations and pooling): within 3%, and the same count at the
-    paper's other resolution ratios (Table II FLOPs scale with the pixel count). Counted on the
-    reference path: SW-Sum has no MACs, and the fused op rejects meta tensors."""
-    model = rtseg_models.create_model("sgcpnet", num_classes=K, ops="reference")
+    paper's other resolution ratios (Table II FLOPs scale with the pixel count)."""
+    model = rtseg_models.create_model("sgcpnet", num_classes=K)
     full = rtseg_models.profile(model, (1, 3, 1024, 2048))["gmacs"]
     assert within(full, 3.3, 0.03), f"{full:.3f} GMACs vs about 3.3"
     half = rtseg_models.profile(model, (1, 3, 512, 1024))["gmacs"]
@@ -50,10 +49,13 @@ def test_gmacs_match_the_paper():
 
 
 def test_profile_counts_every_conv():
-    """SW-Sum and pooling have no MACs: profile equals the Conv2d MACs from forward hooks."""
-    model = rtseg_models.create_model("sgcpnet", num_classes=K, ops="reference")
-    size = (1024, 2048)
-    assert rtseg_models.profile(model, (1, 3) + size)["macs"] == conv_macs_by_hooks(model, size)
+    """SW-Sum and pooling have no MACs: profile equals the Conv2d MACs from forward hooks, on
+    both paths."""
+    for ops in ("fused", "reference"):
+        model = rtseg_models.create_model("sgcpnet", num_classes=K, ops=ops)
+        size = (1024, 2048)
+        assert rtseg_models.profile(model, (1, 3) + size)["macs"] == \
+            conv_macs_by_hooks(model, size)
 
 
 def test_sw_sum_nodes_follow_the_variant():

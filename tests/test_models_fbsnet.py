@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import rtseg_models
-from model_harness import (assert_close, check_channels_last, check_compile, check_eval_size,
-                           check_forward_backward, check_fused_matches_reference,
-                           check_training_step, image, make_model)
+from model_harness import (assert_close, check_channels_last, check_compile,
+                           check_cuda_low_precision, check_eval_size, check_forward_backward,
+                           check_fused_matches_reference, check_training_step, image,
+                           make_model)
+from op_harness import requires_cuda
 from rtseg_models.api import count_parameters
 from rtseg_models.fbsnet import BRU, channel_shuffle
 
@@ -150,6 +152,15 @@ def test_training_step_lowers_the_loss():
     model = make_model("fbsnet", num_classes=K)
     check_training_step(model, lambda out, y: F.cross_entropy(out, y, ignore_index=255),
                         SMALL, K)
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_low_precision(dtype, channels_last, variant):
+    check_cuda_low_precision("fbsnet", (128, 256), dtype, channels_last, num_classes=K,
+                             variant=variant)
 
 
 def test_bad_arguments():

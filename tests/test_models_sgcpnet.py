@@ -4,10 +4,11 @@ import torch
 import torch.nn.functional as F
 
 import rtseg_models
-from model_harness import (check_channels_last, check_compile, check_eval_size,
-                           check_forward_backward, check_fuse_for_inference,
+from model_harness import (check_channels_last, check_compile, check_cuda_low_precision,
+                           check_eval_size, check_forward_backward, check_fuse_for_inference,
                            check_fused_matches_reference, check_training_step,
                            conv_macs_by_hooks, make_model)
+from op_harness import requires_cuda
 from rtseg_models.api import count_parameters
 
 K = 19
@@ -128,6 +129,15 @@ def test_pretrained_backbone_is_loaded_from_a_path(tmp_path):
     model = rtseg_models.create_model("sgcpnet", num_classes=K, pretrained_backbone=str(path))
     for name, tensor in source.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_cuda_low_precision(dtype, channels_last, variant):
+    check_cuda_low_precision("sgcpnet", (256, 512), dtype, channels_last, num_classes=K,
+                             variant=variant)
 
 
 def test_bad_arguments():

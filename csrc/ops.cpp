@@ -24,6 +24,10 @@ TORCH_LIBRARY(rtseg, m) {
   m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
   m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
         "bool count_include_pad) -> Tensor");
+  m.def("scalar_weighted_sum(Tensor[] inputs, Tensor weights, bool normalize, float eps, "
+        "str? activation) -> Tensor");
+  m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
+        "bool normalize, float eps, str? activation) -> (Tensor[], Tensor)");
   m.def("factorized_dw_conv(Tensor x, Tensor weight_v, Tensor weight_h, int dilation, "
         "Tensor? scale_v, Tensor? shift_v, Tensor? prelu_v, Tensor? scale_h, Tensor? shift_h, "
         "Tensor? prelu_h, str order) -> Tensor");

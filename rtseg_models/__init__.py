@@ -12,10 +12,14 @@ from .layers import (ConvBNAct, DepthwiseSeparableConv, SegmentationModel, fuse_
 from .resnet import ResNet18
 from .csfcn import CSFCN, ContextFeatureCalibration, SpatialFeatureCalibration
 from .msfnet import MSFNet, class_boundary_labels, msfnet_loss
+from .mobilenetv3 import MobileNetV3SmallTrunk
+from .sgcpnet import SGCPNet
+from .fbsnet import FBSNet
 
 __all__ = [
     "create_model", "list_models", "profile", "register_model",
     "ConvBNAct", "DepthwiseSeparableConv", "SegmentationModel", "fuse_for_inference", "resolve_op",
     "ResNet18", "CSFCN", "ContextFeatureCalibration", "SpatialFeatureCalibration",
     "MSFNet", "class_boundary_labels", "msfnet_loss",
+    "MobileNetV3SmallTrunk", "SGCPNet", "FBSNet",
 ]

@@ -11,11 +11,13 @@ from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
 from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
+from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
     "gated_flow_fusion", "GatedFlowFusion",
     "spatial_aware_pool", "SpatialAwarePool",
+    "scalar_weighted_sum", "ScalarWeightedSum",
     "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
 ]

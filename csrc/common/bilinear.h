@@ -80,7 +80,7 @@ RTSEG_HD BilinearTaps<T> bilinear_taps(T ix, T iy, int64_t h, int64_t w, int64_t
   const T dwx[4] = {T(-1), T(1), T(-1), T(1)};
   const T dwy[4] = {T(-1), T(-1), T(1), T(1)};
   BilinearTaps<T> taps;
-#pragma unroll
+RTSEG_UNROLL
   for (int k = 0; k < 4; ++k) {
     const bool inside = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
     taps.offset[k] = inside ? ys[k] * sy + xs[k] * sx : 0;
@@ -89,6 +89,24 @@ RTSEG_HD BilinearTaps<T> bilinear_taps(T ix, T iy, int64_t h, int64_t w, int64_t
     taps.dweight_dy[k] = inside ? wx[k] * dwy[k] * slope_y : T(0);
   }
   return taps;
+}
+
+// Weighted sum of the used corners; load(offset) reads one. Unused corners are skipped rather
+// than multiplied by 0, so an inf or nan stored at offset 0 never leaks in (as in grid_sample).
+template <typename T, typename Load>
+RTSEG_HD T interpolate(const BilinearTaps<T>& taps, Load load) {
+  T v = T(0);
+  RTSEG_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (taps.weight[k] != T(0)) v += taps.weight[k] * load(taps.offset[k]);
+  }
+  return v;
+}
+
+// Whether corner k lies inside the plane. A corner can be inside with weight 0 (an exact grid
+// position) and still carry a derivative, so gradients test this rather than the weight.
+template <typename T> RTSEG_HD bool corner_used(const BilinearTaps<T>& taps, int k) {
+  return taps.weight[k] != T(0) || taps.dweight_dx[k] != T(0) || taps.dweight_dy[k] != T(0);
 }
 
 // grouped_flow_warp's sampling position for output pixel (x, y) of an H x W output displaced by

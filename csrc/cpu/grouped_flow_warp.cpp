@@ -36,9 +36,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
         const T* plane = input + b * in.sn + c * in.sc;
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
         for (int64_t x = 0; x < fs.w; ++x) {
-          const auto& t = taps[x];
-          row[x * os.sw] = t.weight[0] * plane[t.offset[0]] + t.weight[1] * plane[t.offset[1]] +
-                           t.weight[2] * plane[t.offset[2]] + t.weight[3] * plane[t.offset[3]];
+          row[x * os.sw] = interpolate(taps[x], [plane](int64_t o) { return plane[o]; });
         }
       }
     }
@@ -79,6 +77,7 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
             const T g_o = go[x * gs.sw];
             T vx = 0, vy = 0;
             for (int k = 0; k < 4; ++k) {
+              if (!corner_used(t, k)) continue;  // outside: see interpolate()
               const T v = plane[t.offset[k]];
               gplane[t.offset[k]] += t.weight[k] * g_o;
               vx += t.dweight_dx[k] * v;

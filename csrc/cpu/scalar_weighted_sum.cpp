@@ -11,6 +11,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/resize.h"
@@ -71,20 +72,31 @@ struct Plan {
   Resize kind;
   int64_t mid_h, mid_w;
   std::vector<int64_t> rows, cols;
+  std::vector<int64_t> col_offsets;  // cols[x] * s.sw
 };
+
+// Calls f(stride) with a compile-time 1 when the stride is 1, so that unit-stride row loops
+// vectorise.
+template <typename F> void with_stride(int64_t stride, F&& f) {
+  if (stride == 1) f(std::integral_constant<int64_t, 1>());
+  else f(stride);
+}
 
 std::vector<Plan> make_plans(at::TensorList inputs) {
   const int64_t H = inputs[0].size(2), W = inputs[0].size(3);
   std::vector<Plan> plans;
   for (const auto& t : inputs) {
-    Plan p{strided4(t), resize_kind(t.size(2), t.size(3), H, W), t.size(2), t.size(3), {}, {}};
+    Plan p{strided4(t), resize_kind(t.size(2), t.size(3), H, W), t.size(2), t.size(3), {}, {}, {}};
     if (p.kind == Resize::PoolNearest) {
       p.mid_h = pooled_size(p.s.h);
       p.mid_w = pooled_size(p.s.w);
     }
     const float sy = nearest_scale(p.mid_h, H), sx = nearest_scale(p.mid_w, W);
     for (int64_t y = 0; y < H; ++y) p.rows.push_back(nearest_source(y, sy, p.mid_h));
-    for (int64_t x = 0; x < W; ++x) p.cols.push_back(nearest_source(x, sx, p.mid_w));
+    for (int64_t x = 0; x < W; ++x) {
+      p.cols.push_back(nearest_source(x, sx, p.mid_w));
+      p.col_offsets.push_back(p.cols.back() * p.s.sw);
+    }
     plans.push_back(std::move(p));
   }
   return plans;
@@ -110,13 +122,15 @@ template <typename T> struct RowReader {
     pooled_row = py;
     const Strided4& s = plan->s;
     const Window rw = pool_window(py, s.h);
-    for (int64_t u = 0; u < s.w; ++u) {
-      acc_t<T> m = -std::numeric_limits<acc_t<T>>::infinity();
-      for (int64_t r = rw.begin; r < rw.end; ++r) {
-        const acc_t<T> v = plane[r * s.sh + u * s.sw];
-        if (pool_takes(v, m)) m = v;
-      }
-      column_max[u] = m;
+    std::fill(column_max.begin(), column_max.end(), -std::numeric_limits<acc_t<T>>::infinity());
+    for (int64_t r = rw.begin; r < rw.end; ++r) {
+      const T* src = plane + r * s.sh;
+      with_stride(s.sw, [&](auto sw) {
+        for (int64_t u = 0; u < s.w; ++u) {
+          const acc_t<T> v = src[u * sw];
+          column_max[u] = pool_takes(v, column_max[u]) ? v : column_max[u];
+        }
+      });
     }
     for (int64_t q = 0; q < plan->mid_w; ++q) {
       const Window cw = pool_window(q, s.w);
@@ -137,13 +151,20 @@ template <typename T> struct RowReader {
     };
     if (plan->kind == Resize::PoolNearest) {
       pool_row(plan->rows[y]);
-      for (int64_t x = 0; x < W; ++x) put(x, pooled[cols[x]]);
+      if (plan->mid_w == W) {
+        for (int64_t x = 0; x < W; ++x) put(x, pooled[x]);
+      } else {
+        for (int64_t x = 0; x < W; ++x) put(x, pooled[cols[x]]);
+      }
     } else if (plan->kind == Resize::Nearest) {
       const T* src = plane + plan->rows[y] * s.sh;
-      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[cols[x] * s.sw]));
+      const int64_t* offsets = plan->col_offsets.data();
+      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[offsets[x]]));
     } else {
       const T* src = plane + y * s.sh;
-      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[x * s.sw]));
+      with_stride(s.sw, [&](auto sw) {
+        for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[x * sw]));
+      });
     }
   }
 };
@@ -165,10 +186,13 @@ void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
         for (size_t i = 1; i < readers.size(); ++i)
           readers[i].template row<true>(y, w[i], acc.data());
         T* dst = out + b * os.sn + c * os.sc + y * os.sh;
-        for (int64_t x = 0; x < os.w; ++x) {
-          const A v = acc[x];
-          dst[x * os.sw] = static_cast<T>(swish ? v * sigmoid(v) : v);
-        }
+        with_stride(os.sw, [&](auto sw) {
+          if (swish) {
+            for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x] * sigmoid(acc[x]));
+          } else {
+            for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x]);
+          }
+        });
       }
     }
   });
@@ -219,10 +243,13 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
           partial[i] += dot;
           if (p.kind == Resize::Identity) {
             T* dst = gplane[i] + y * s.sh;
-            for (int64_t x = 0; x < W; ++x) dst[x * s.sw] = static_cast<T>(w[i] * g_sum[x]);
+            with_stride(s.sw, [&](auto sw) {
+              for (int64_t x = 0; x < W; ++x) dst[x * sw] = static_cast<T>(w[i] * g_sum[x]);
+            });
           } else if (p.kind == Resize::Nearest) {
             T* dst = gplane[i] + p.rows[y] * s.sh;
-            for (int64_t x = 0; x < W; ++x) dst[p.cols[x] * s.sw] += static_cast<T>(w[i] * g_sum[x]);
+            for (int64_t x = 0; x < W; ++x)
+              dst[p.cols[x] * s.sw] += static_cast<T>(w[i] * g_sum[x]);
           } else {
             A* dst = pooled_grad[i].data() + p.rows[y] * p.mid_w;
             for (int64_t x = 0; x < W; ++x) dst[p.cols[x]] += w[i] * g_sum[x];

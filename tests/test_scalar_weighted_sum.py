@@ -90,6 +90,21 @@ def test_constant_and_infinite_windows(device):
     check_against_reference(op, ref, (x0, x1, w), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_in_max_windows(device):
+    """max_pool2d passes NaN on and sends a window's gradient to its last NaN."""
+    x0, x1, w = make_inputs([(5, 6), (10, 12)], device=device, dtype=torch.float64, ties=True)
+    x1[0, 0, 1, 2] = x1[0, 0, 2, 1] = x1[1, 2, 4, 4] = float("nan")
+    results = []
+    for fn in (op, ref):
+        leaves = [t.clone().requires_grad_() for t in (x0, x1, w)]
+        y = fn(*leaves)
+        y.backward(torch.ones_like(y))
+        results.append((y.detach(), leaves[0].grad, leaves[1].grad))
+    for i, (actual, expected) in enumerate(zip(*results)):
+        torch.testing.assert_close(actual, expected, equal_nan=True, msg=lambda m: f"{i}: {m}")
+
+
 def test_float32_follows_interpolate_index_rounding():
     """F.interpolate computes nearest indices in float32; at 2 -> 164 rows that rounding decides
     which source row output row 82 reads."""

@@ -209,7 +209,9 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
   at::parallel_for(0, gs.n * gs.c, plane_grain(H, W), [&](int64_t begin, int64_t end) {
     std::vector<std::vector<A>> resized(n, std::vector<A>(W));
     std::vector<std::vector<A>> pooled_grad(n);
-    std::vector<A> g_sum(W);  // gradient at the weighted sum, before the activation
+    std::vector<A> sum(W), g_sum(W);  // the weighted sum, and the gradient before the activation
+    std::vector<A> column_max;
+    std::vector<int64_t> column_row;
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / gs.c, c = plane % gs.c;
       std::vector<RowReader<T>> readers;
@@ -224,22 +226,24 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
       for (int64_t y = 0; y < H; ++y) {
         for (int64_t i = 0; i < n; ++i) readers[i].template row<false>(y, A(1), resized[i].data());
         const T* go = grad_out + b * gs.sn + c * gs.sc + y * gs.sh;
-        for (int64_t x = 0; x < W; ++x) {
-          const A g = go[x * gs.sw];
-          if (swish) {
-            A v = 0;
-            for (int64_t i = 0; i < n; ++i) v += w[i] * resized[i][x];
-            const A sg = sigmoid(v);
-            g_sum[x] = g * sg * (A(1) + v * (A(1) - sg));
-          } else {
-            g_sum[x] = g;
+        if (swish) {
+          for (int64_t x = 0; x < W; ++x) sum[x] = w[0] * resized[0][x];
+          for (int64_t i = 1; i < n; ++i)
+            for (int64_t x = 0; x < W; ++x) sum[x] += w[i] * resized[i][x];
+          for (int64_t x = 0; x < W; ++x) {
+            const A v = sum[x], sg = sigmoid(v);
+            g_sum[x] = static_cast<A>(go[x * gs.sw]) * sg * (A(1) + v * (A(1) - sg));
           }
+        } else {
+          for (int64_t x = 0; x < W; ++x) g_sum[x] = go[x * gs.sw];
         }
         for (int64_t i = 0; i < n; ++i) {
           const Plan& p = plans[i];
           const Strided4& s = grad_strides[i];
-          double dot = 0;
-          for (int64_t x = 0; x < W; ++x) dot += double(g_sum[x]) * double(resized[i][x]);
+          const A* r = resized[i].data();
+          A dot = 0;  // one row in A (vectorised; fixed order per build), rows summed in double
+#pragma omp simd reduction(+ : dot)
+          for (int64_t x = 0; x < W; ++x) dot += g_sum[x] * r[x];
           partial[i] += dot;
           if (p.kind == Resize::Identity) {
             T* dst = gplane[i] + y * s.sh;
@@ -263,20 +267,54 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
         const Strided4& s = p.s;
         const Strided4& gsi = grad_strides[i];
         const T* src = readers[i].plane;
+        column_max.resize(s.w);
+        column_row.resize(s.w);
         for (int64_t py = 0; py < p.mid_h; ++py) {
           const Window rw = pool_window(py, s.h);
+          const A* g = pooled_grad[i].data() + py * p.mid_w;
+          // Separable arg-max: per column the first row holding its maximum (branch-free, so it
+          // vectorises), then per window the column with the greatest value, ties going to the
+          // smaller row, then the smaller column: max_pool2d's row-major first maximum.
+          std::fill(column_max.begin(), column_max.end(), -std::numeric_limits<A>::infinity());
+          std::fill(column_row.begin(), column_row.end(), rw.begin);
+          bool nan = false;
+          for (int64_t r = rw.begin; r < rw.end; ++r) {
+            const T* row = src + r * s.sh;
+            with_stride(s.sw, [&](auto sw) {
+              A* cm = column_max.data();
+              int64_t* cr = column_row.data();
+              bool row_nan = false;
+              for (int64_t u = 0; u < s.w; ++u) {
+                const A v = row[u * sw];
+                const bool take = v > cm[u];
+                row_nan |= v != v;
+                cm[u] = take ? v : cm[u];
+                cr[u] = take ? r : cr[u];
+              }
+              nan |= row_nan;
+            });
+          }
           for (int64_t px = 0; px < p.mid_w; ++px) {
-            const A g = pooled_grad[i][py * p.mid_w + px];
-            if (g == A(0)) continue;
             const Window cw = pool_window(px, s.w);
             int64_t best_r = rw.begin, best_u = cw.begin;
-            A m = -std::numeric_limits<A>::infinity();
-            for (int64_t r = rw.begin; r < rw.end; ++r)
-              for (int64_t u = cw.begin; u < cw.end; ++u) {
-                const A v = src[r * s.sh + u * s.sw];
-                if (pool_takes(v, m)) { m = v; best_r = r; best_u = u; }
+            if (nan) {  // max_pool2d takes the last NaN: the exact scan
+              A m = -std::numeric_limits<A>::infinity();
+              for (int64_t r = rw.begin; r < rw.end; ++r)
+                for (int64_t u = cw.begin; u < cw.end; ++u) {
+                  const A v = src[r * s.sh + u * s.sw];
+                  if (pool_takes(v, m)) { m = v; best_r = r; best_u = u; }
+                }
+            } else {
+              A m = -std::numeric_limits<A>::infinity();
+              for (int64_t u = cw.begin; u < cw.end; ++u) {  // selects: random data mispredicts
+                const bool take =
+                    column_max[u] > m || (column_max[u] == m && column_row[u] < best_r);
+                m = take ? column_max[u] : m;
+                best_r = take ? column_row[u] : best_r;
+                best_u = take ? u : best_u;
               }
-            gplane[i][best_r * gsi.sh + best_u * gsi.sw] += static_cast<T>(g);
+            }
+            gplane[i][best_r * gsi.sh + best_u * gsi.sw] += static_cast<T>(g[px]);
           }
         }
       }

@@ -136,7 +136,7 @@ template <typename T> struct RowReader {
       const Window cw = pool_window(q, s.w);
       acc_t<T> m = -std::numeric_limits<acc_t<T>>::infinity();
       for (int64_t u = cw.begin; u < cw.end; ++u)
-        if (pool_takes(column_max[u], m)) m = column_max[u];
+        m = pool_takes(column_max[u], m) ? column_max[u] : m;
       pooled[q] = m;
     }
   }
@@ -283,8 +283,9 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
             with_stride(s.sw, [&](auto sw) {
               A* cm = column_max.data();
               int64_t* cr = column_row.data();
+              const int64_t width = s.w;  // a local bound: stores to cr could alias s.w
               bool row_nan = false;
-              for (int64_t u = 0; u < s.w; ++u) {
+              for (int64_t u = 0; u < width; ++u) {
                 const A v = row[u * sw];
                 const bool take = v > cm[u];
                 row_nan |= v != v;

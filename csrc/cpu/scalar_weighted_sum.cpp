@@ -23,7 +23,7 @@ namespace {
 constexpr int64_t kMaxInputs = 4;
 // Planes per task so that a task covers at least this many output elements: small calls then run
 // inline instead of paying for waking the thread pool.
-constexpr int64_t kMinTaskElements = 1 << 15;
+constexpr int64_t kMinTaskElements = 1 << 17;
 
 int64_t plane_grain(int64_t H, int64_t W) {
   return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, H * W));

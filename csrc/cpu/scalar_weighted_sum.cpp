@@ -211,7 +211,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
     std::vector<std::vector<A>> pooled_grad(n);
     std::vector<A> sum(W), g_sum(W);  // the weighted sum, and the gradient before the activation
     std::vector<A> column_max;
-    std::vector<int64_t> column_row;
+    std::vector<int32_t> column_row;  // 32-bit like the float maxima, so the selects vectorise
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / gs.c, c = plane % gs.c;
       std::vector<RowReader<T>> readers;
@@ -276,29 +276,30 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
           // vectorises), then per window the column with the greatest value, ties going to the
           // smaller row, then the smaller column: max_pool2d's row-major first maximum.
           std::fill(column_max.begin(), column_max.end(), -std::numeric_limits<A>::infinity());
-          std::fill(column_row.begin(), column_row.end(), rw.begin);
-          bool nan = false;
+          std::fill(column_row.begin(), column_row.end(), static_cast<int32_t>(rw.begin));
+          int32_t nans = 0;
           for (int64_t r = rw.begin; r < rw.end; ++r) {
             const T* row = src + r * s.sh;
             with_stride(s.sw, [&](auto sw) {
               A* cm = column_max.data();
-              int64_t* cr = column_row.data();
+              int32_t* cr = column_row.data();
               const int64_t width = s.w;  // a local bound: stores to cr could alias s.w
-              bool row_nan = false;
+              const int32_t r32 = static_cast<int32_t>(r);
+              int32_t row_nans = 0;
               for (int64_t u = 0; u < width; ++u) {
                 const A v = row[u * sw];
                 const bool take = v > cm[u];
-                row_nan |= v != v;
+                row_nans += v != v;
                 cm[u] = take ? v : cm[u];
-                cr[u] = take ? r : cr[u];
+                cr[u] = take ? r32 : cr[u];
               }
-              nan |= row_nan;
+              nans += row_nans;
             });
           }
           for (int64_t px = 0; px < p.mid_w; ++px) {
             const Window cw = pool_window(px, s.w);
             int64_t best_r = rw.begin, best_u = cw.begin;
-            if (nan) {  // max_pool2d takes the last NaN: the exact scan
+            if (nans > 0) {  // max_pool2d takes the last NaN: the exact scan
               A m = -std::numeric_limits<A>::infinity();
               for (int64_t r = rw.begin; r < rw.end; ++r)
                 for (int64_t u = cw.begin; u < cw.end; ++u) {

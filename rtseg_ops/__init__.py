@@ -7,11 +7,17 @@ says which implementation each op runs on each device in this build.
 """
 from . import reference
 from ._backend import backend_table, extension_loaded
+from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
+from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+    "gated_flow_fusion", "GatedFlowFusion",
+    "spatial_aware_pool", "SpatialAwarePool",
+    "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
     "scalar_weighted_sum", "ScalarWeightedSum",
 ]

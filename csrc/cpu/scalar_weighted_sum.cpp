@@ -288,7 +288,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
               int32_t row_nans = 0;
               for (int64_t u = 0; u < width; ++u) {
                 const A v = row[u * sw];
-                const bool take = v > cm[u];
+                const bool take = __builtin_isgreater(v, cm[u]);  // quiet compare: if-converts
                 row_nans += v != v;
                 cm[u] = take ? v : cm[u];
                 cr[u] = take ? r32 : cr[u];

@@ -35,4 +35,8 @@ TORCH_LIBRARY(rtseg, m) {
         "Tensor weight_h, int dilation, Tensor? scale_v, Tensor? shift_v, Tensor? prelu_v, "
         "Tensor? scale_h, Tensor? shift_h, Tensor? prelu_h, str order) -> (Tensor, Tensor, "
         "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("scalar_weighted_sum(Tensor[] inputs, Tensor weights, bool normalize, float eps, "
+        "str? activation) -> Tensor");
+  m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
+        "bool normalize, float eps, str? activation) -> (Tensor[], Tensor)");
 }

@@ -20,4 +20,5 @@ __all__ = [
     "spatial_aware_pool", "SpatialAwarePool",
     "scalar_weighted_sum", "ScalarWeightedSum",
     "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
+    "scalar_weighted_sum", "ScalarWeightedSum",
 ]

@@ -5,6 +5,8 @@ inputs without placeholder arguments, the backward returns exactly one gradient 
 (``Tensor[]``; an output cannot be an optional tensor), and opcheck, register_autograd and
 torch.compile(fullgraph=True) all handle tensor lists (tests/test_scalar_weighted_sum.py).
 """
+import importlib.util
+
 import torch
 from torch import nn
 
@@ -105,6 +107,11 @@ class ScalarWeightedSum(nn.Module):
 
 
 if _backend.extension_loaded():
+    if importlib.util.find_spec("triton") is not None:
+        # registers the Triton kernels as the CUDA implementation; without triton, CUDA tensors
+        # run the reference
+        from .triton import scalar_weighted_sum as _triton_kernels  # noqa: F401
+
     @torch.library.register_fake("rtseg::scalar_weighted_sum")
     def _(inputs, weights, normalize, eps, activation):
         return torch.empty_like(inputs[0], memory_format=output_memory_format(inputs[0]))

@@ -6,10 +6,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/resize.h"
@@ -19,6 +21,13 @@ namespace rtseg {
 namespace {
 
 constexpr int64_t kMaxInputs = 4;
+// Planes per task so that a task covers at least this many output elements: small calls then run
+// inline instead of paying for waking the thread pool.
+constexpr int64_t kMinTaskElements = 1 << 17;
+
+int64_t plane_grain(int64_t H, int64_t W) {
+  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, H * W));
+}
 
 void check_args(at::TensorList inputs, const at::Tensor& weights,
                 const std::optional<c10::string_view>& activation) {
@@ -63,20 +72,31 @@ struct Plan {
   Resize kind;
   int64_t mid_h, mid_w;
   std::vector<int64_t> rows, cols;
+  std::vector<int64_t> col_offsets;  // cols[x] * s.sw
 };
+
+// Calls f(stride) with a compile-time 1 when the stride is 1, so that unit-stride row loops
+// vectorise.
+template <typename F> void with_stride(int64_t stride, F&& f) {
+  if (stride == 1) f(std::integral_constant<int64_t, 1>());
+  else f(stride);
+}
 
 std::vector<Plan> make_plans(at::TensorList inputs) {
   const int64_t H = inputs[0].size(2), W = inputs[0].size(3);
   std::vector<Plan> plans;
   for (const auto& t : inputs) {
-    Plan p{strided4(t), resize_kind(t.size(2), t.size(3), H, W), t.size(2), t.size(3), {}, {}};
+    Plan p{strided4(t), resize_kind(t.size(2), t.size(3), H, W), t.size(2), t.size(3), {}, {}, {}};
     if (p.kind == Resize::PoolNearest) {
       p.mid_h = pooled_size(p.s.h);
       p.mid_w = pooled_size(p.s.w);
     }
     const float sy = nearest_scale(p.mid_h, H), sx = nearest_scale(p.mid_w, W);
     for (int64_t y = 0; y < H; ++y) p.rows.push_back(nearest_source(y, sy, p.mid_h));
-    for (int64_t x = 0; x < W; ++x) p.cols.push_back(nearest_source(x, sx, p.mid_w));
+    for (int64_t x = 0; x < W; ++x) {
+      p.cols.push_back(nearest_source(x, sx, p.mid_w));
+      p.col_offsets.push_back(p.cols.back() * p.s.sw);
+    }
     plans.push_back(std::move(p));
   }
   return plans;
@@ -102,19 +122,21 @@ template <typename T> struct RowReader {
     pooled_row = py;
     const Strided4& s = plan->s;
     const Window rw = pool_window(py, s.h);
-    for (int64_t u = 0; u < s.w; ++u) {
-      acc_t<T> m = -std::numeric_limits<acc_t<T>>::infinity();
-      for (int64_t r = rw.begin; r < rw.end; ++r) {
-        const acc_t<T> v = plane[r * s.sh + u * s.sw];
-        if (pool_takes(v, m)) m = v;
-      }
-      column_max[u] = m;
+    std::fill(column_max.begin(), column_max.end(), -std::numeric_limits<acc_t<T>>::infinity());
+    for (int64_t r = rw.begin; r < rw.end; ++r) {
+      const T* src = plane + r * s.sh;
+      with_stride(s.sw, [&](auto sw) {
+        for (int64_t u = 0; u < s.w; ++u) {
+          const acc_t<T> v = src[u * sw];
+          column_max[u] = pool_takes(v, column_max[u]) ? v : column_max[u];
+        }
+      });
     }
     for (int64_t q = 0; q < plan->mid_w; ++q) {
       const Window cw = pool_window(q, s.w);
       acc_t<T> m = -std::numeric_limits<acc_t<T>>::infinity();
       for (int64_t u = cw.begin; u < cw.end; ++u)
-        if (pool_takes(column_max[u], m)) m = column_max[u];
+        m = pool_takes(column_max[u], m) ? column_max[u] : m;
       pooled[q] = m;
     }
   }
@@ -129,13 +151,20 @@ template <typename T> struct RowReader {
     };
     if (plan->kind == Resize::PoolNearest) {
       pool_row(plan->rows[y]);
-      for (int64_t x = 0; x < W; ++x) put(x, pooled[cols[x]]);
+      if (plan->mid_w == W) {
+        for (int64_t x = 0; x < W; ++x) put(x, pooled[x]);
+      } else {
+        for (int64_t x = 0; x < W; ++x) put(x, pooled[cols[x]]);
+      }
     } else if (plan->kind == Resize::Nearest) {
       const T* src = plane + plan->rows[y] * s.sh;
-      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[cols[x] * s.sw]));
+      const int64_t* offsets = plan->col_offsets.data();
+      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[offsets[x]]));
     } else {
       const T* src = plane + y * s.sh;
-      for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[x * s.sw]));
+      with_stride(s.sw, [&](auto sw) {
+        for (int64_t x = 0; x < W; ++x) put(x, static_cast<acc_t<T>>(src[x * sw]));
+      });
     }
   }
 };
@@ -146,7 +175,7 @@ template <typename T>
 void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
              const std::vector<acc_t<T>>& w, bool swish, T* out, Strided4 os) {
   using A = acc_t<T>;
-  at::parallel_for(0, os.n * os.c, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, os.n * os.c, plane_grain(os.h, os.w), [&](int64_t begin, int64_t end) {
     std::vector<A> acc(os.w);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / os.c, c = plane % os.c;
@@ -157,10 +186,13 @@ void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
         for (size_t i = 1; i < readers.size(); ++i)
           readers[i].template row<true>(y, w[i], acc.data());
         T* dst = out + b * os.sn + c * os.sc + y * os.sh;
-        for (int64_t x = 0; x < os.w; ++x) {
-          const A v = acc[x];
-          dst[x * os.sw] = static_cast<T>(swish ? v * sigmoid(v) : v);
-        }
+        with_stride(os.sw, [&](auto sw) {
+          if (swish) {
+            for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x] * sigmoid(acc[x]));
+          } else {
+            for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x]);
+          }
+        });
       }
     }
   });
@@ -174,10 +206,12 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
   using A = acc_t<T>;
   const int64_t n = static_cast<int64_t>(plans.size());
   const int64_t H = gs.h, W = gs.w;
-  at::parallel_for(0, gs.n * gs.c, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gs.n * gs.c, plane_grain(H, W), [&](int64_t begin, int64_t end) {
     std::vector<std::vector<A>> resized(n, std::vector<A>(W));
     std::vector<std::vector<A>> pooled_grad(n);
-    std::vector<A> g_sum(W);  // gradient at the weighted sum, before the activation
+    std::vector<A> sum(W), g_sum(W);  // the weighted sum, and the gradient before the activation
+    std::vector<A> column_max;
+    std::vector<int32_t> column_row;  // 32-bit like the float maxima, so the selects vectorise
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / gs.c, c = plane % gs.c;
       std::vector<RowReader<T>> readers;
@@ -192,29 +226,34 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
       for (int64_t y = 0; y < H; ++y) {
         for (int64_t i = 0; i < n; ++i) readers[i].template row<false>(y, A(1), resized[i].data());
         const T* go = grad_out + b * gs.sn + c * gs.sc + y * gs.sh;
-        for (int64_t x = 0; x < W; ++x) {
-          const A g = go[x * gs.sw];
-          if (swish) {
-            A v = 0;
-            for (int64_t i = 0; i < n; ++i) v += w[i] * resized[i][x];
-            const A sg = sigmoid(v);
-            g_sum[x] = g * sg * (A(1) + v * (A(1) - sg));
-          } else {
-            g_sum[x] = g;
+        if (swish) {
+          for (int64_t x = 0; x < W; ++x) sum[x] = w[0] * resized[0][x];
+          for (int64_t i = 1; i < n; ++i)
+            for (int64_t x = 0; x < W; ++x) sum[x] += w[i] * resized[i][x];
+          for (int64_t x = 0; x < W; ++x) {
+            const A v = sum[x], sg = sigmoid(v);
+            g_sum[x] = static_cast<A>(go[x * gs.sw]) * sg * (A(1) + v * (A(1) - sg));
           }
+        } else {
+          for (int64_t x = 0; x < W; ++x) g_sum[x] = go[x * gs.sw];
         }
         for (int64_t i = 0; i < n; ++i) {
           const Plan& p = plans[i];
           const Strided4& s = grad_strides[i];
-          double dot = 0;
-          for (int64_t x = 0; x < W; ++x) dot += double(g_sum[x]) * double(resized[i][x]);
+          const A* r = resized[i].data();
+          A dot = 0;  // one row in A (vectorised; fixed order per build), rows summed in double
+#pragma omp simd reduction(+ : dot)
+          for (int64_t x = 0; x < W; ++x) dot += g_sum[x] * r[x];
           partial[i] += dot;
           if (p.kind == Resize::Identity) {
             T* dst = gplane[i] + y * s.sh;
-            for (int64_t x = 0; x < W; ++x) dst[x * s.sw] = static_cast<T>(w[i] * g_sum[x]);
+            with_stride(s.sw, [&](auto sw) {
+              for (int64_t x = 0; x < W; ++x) dst[x * sw] = static_cast<T>(w[i] * g_sum[x]);
+            });
           } else if (p.kind == Resize::Nearest) {
             T* dst = gplane[i] + p.rows[y] * s.sh;
-            for (int64_t x = 0; x < W; ++x) dst[p.cols[x] * s.sw] += static_cast<T>(w[i] * g_sum[x]);
+            for (int64_t x = 0; x < W; ++x)
+              dst[p.cols[x] * s.sw] += static_cast<T>(w[i] * g_sum[x]);
           } else {
             A* dst = pooled_grad[i].data() + p.rows[y] * p.mid_w;
             for (int64_t x = 0; x < W; ++x) dst[p.cols[x]] += w[i] * g_sum[x];
@@ -228,20 +267,56 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
         const Strided4& s = p.s;
         const Strided4& gsi = grad_strides[i];
         const T* src = readers[i].plane;
+        column_max.resize(s.w);
+        column_row.resize(s.w);
         for (int64_t py = 0; py < p.mid_h; ++py) {
           const Window rw = pool_window(py, s.h);
+          const A* g = pooled_grad[i].data() + py * p.mid_w;
+          // Separable arg-max: per column the first row holding its maximum (branch-free, so it
+          // vectorises), then per window the column with the greatest value, ties going to the
+          // smaller row, then the smaller column: max_pool2d's row-major first maximum.
+          std::fill(column_max.begin(), column_max.end(), -std::numeric_limits<A>::infinity());
+          std::fill(column_row.begin(), column_row.end(), static_cast<int32_t>(rw.begin));
+          int32_t nans = 0;
+          for (int64_t r = rw.begin; r < rw.end; ++r) {
+            const T* row = src + r * s.sh;
+            with_stride(s.sw, [&](auto sw) {
+              A* cm = column_max.data();
+              int32_t* cr = column_row.data();
+              const int64_t width = s.w;  // a local bound: stores to cr could alias s.w
+              const int32_t r32 = static_cast<int32_t>(r);
+              int32_t row_nans = 0;
+              for (int64_t u = 0; u < width; ++u) {
+                const A v = row[u * sw];
+                const bool take = __builtin_isgreater(v, cm[u]);  // quiet compare: if-converts
+                row_nans += v != v;
+                cm[u] = take ? v : cm[u];
+                cr[u] = take ? r32 : cr[u];
+              }
+              nans += row_nans;
+            });
+          }
           for (int64_t px = 0; px < p.mid_w; ++px) {
-            const A g = pooled_grad[i][py * p.mid_w + px];
-            if (g == A(0)) continue;
             const Window cw = pool_window(px, s.w);
             int64_t best_r = rw.begin, best_u = cw.begin;
-            A m = -std::numeric_limits<A>::infinity();
-            for (int64_t r = rw.begin; r < rw.end; ++r)
-              for (int64_t u = cw.begin; u < cw.end; ++u) {
-                const A v = src[r * s.sh + u * s.sw];
-                if (pool_takes(v, m)) { m = v; best_r = r; best_u = u; }
+            if (nans > 0) {  // max_pool2d takes the last NaN: the exact scan
+              A m = -std::numeric_limits<A>::infinity();
+              for (int64_t r = rw.begin; r < rw.end; ++r)
+                for (int64_t u = cw.begin; u < cw.end; ++u) {
+                  const A v = src[r * s.sh + u * s.sw];
+                  if (pool_takes(v, m)) { m = v; best_r = r; best_u = u; }
+                }
+            } else {
+              A m = -std::numeric_limits<A>::infinity();
+              for (int64_t u = cw.begin; u < cw.end; ++u) {  // selects: random data mispredicts
+                const bool take =
+                    column_max[u] > m || (column_max[u] == m && column_row[u] < best_r);
+                m = take ? column_max[u] : m;
+                best_r = take ? column_row[u] : best_r;
+                best_u = take ? u : best_u;
               }
-            gplane[i][best_r * gsi.sh + best_u * gsi.sw] += static_cast<T>(g);
+            }
+            gplane[i][best_r * gsi.sh + best_u * gsi.sw] += static_cast<T>(g[px]);
           }
         }
       }

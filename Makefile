@@ -1,6 +1,7 @@
 # make test   : set up the environment, build, run every test, then `make cuda-check` if nvcc exists
 # make bench  : set up, build, run the benchmarks and print the speedup table
-# make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed)
+# make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed) and,
+#                   with a CPU-only torch, syntax-check every CUDA glue file against stub headers
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
@@ -12,10 +13,11 @@ PYTHON := $(shell if [ -x .venv/bin/python ]; then echo .venv/bin/python; \
 	elif python3 -c 'import torch' >/dev/null 2>&1; then echo python3; \
 	else echo .venv/bin/python; fi)
 NVCC := $(shell command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+CUDA_INC := $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h /usr/local/cuda/include/cuda_runtime_api.h))
 CUDA_ARCHS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 BUILD_LOG := build/pip-install.log
 
-.PHONY: env build test test-py cuda-check bench clean
+.PHONY: env build test cuda-check glue-check bench clean
 
 env:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -f .venv/.ready ]; then \
@@ -50,6 +52,21 @@ cuda-check:
 			-Xcompiler -Wall,-Wextra,-Werror -o build/cuda-check/$$(basename $$f .cu).o $$f; \
 	done
 	@echo "[cuda-check] ok"
+	@if $(PYTHON) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then \
+		$(MAKE) --no-print-directory glue-check; fi
+
+# The glue is compiled for real only against a CUDA torch; with a CPU torch, tools/cuda_stubs
+# stands in for the CUDA library headers torch's CUDA headers include, so the glue still gets
+# type-checked here and in CI.
+glue-check:
+	@inc=$$($(PYTHON) -c "from torch.utils.cpp_extension import include_paths; print(' '.join('-isystem ' + p for p in include_paths()))"); \
+	for f in csrc/cuda/*_glue.cpp; do \
+		[ -e "$$f" ] || continue; \
+		echo "[glue-check] $$f"; \
+		g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wno-unused-parameter -Werror -Icsrc \
+			-isystem tools/cuda_stubs $$inc -isystem $(dir $(CUDA_INC)) -DRTSEG_WITH_CUDA $$f; \
+	done
+	@echo "[glue-check] ok"
 
 bench: build
 	@mkdir -p benchmarks/results

@@ -80,7 +80,7 @@ RTSEG_HD BilinearTaps<T> bilinear_taps(T ix, T iy, int64_t h, int64_t w, int64_t
   const T dwx[4] = {T(-1), T(1), T(-1), T(1)};
   const T dwy[4] = {T(-1), T(-1), T(1), T(1)};
   BilinearTaps<T> taps;
-#pragma unroll
+RTSEG_UNROLL
   for (int k = 0; k < 4; ++k) {
     const bool inside = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
     taps.offset[k] = inside ? ys[k] * sy + xs[k] * sx : 0;

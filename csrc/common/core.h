@@ -8,6 +8,13 @@
 #define RTSEG_HD inline
 #endif
 
+// Loop unrolling hint that host compilers (which warn on #pragma unroll) never see.
+#if defined(__CUDA_ARCH__)
+#define RTSEG_UNROLL _Pragma("unroll")
+#else
+#define RTSEG_UNROLL
+#endif
+
 namespace rtseg {
 
 // Element types the CUDA launchers accept; the glue maps at::ScalarType onto it.

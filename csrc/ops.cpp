@@ -23,5 +23,5 @@ TORCH_LIBRARY(rtseg, m) {
   m.def("pixel_context_attention(Tensor query, Tensor key, Tensor value, float scale) "
         "-> (Tensor, Tensor)");
   m.def("pixel_context_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
-        "Tensor value, Tensor output, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+        "Tensor value, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
 }

@@ -31,18 +31,15 @@ inline void check_pixel_context_attention_args(const at::Tensor& query, const at
 }
 
 inline void check_pixel_context_attention_grad(const at::Tensor& grad_output,
-                                               const at::Tensor& output, const at::Tensor& lse,
-                                               const at::Tensor& query, const at::Tensor& value) {
+                                               const at::Tensor& lse, const at::Tensor& query,
+                                               const at::Tensor& value) {
   const auto B = query.size(0), H = query.size(2), W = query.size(3);
-  for (const auto* t : {&grad_output, &output}) {
-    const char* name = t == &grad_output ? "grad_output" : "output";
-    check_dim(*t, 4, name);
-    check_same(*t, query, name, "query");
-    TORCH_CHECK(t->size(0) == B && t->size(1) == value.size(1) && t->size(2) == H &&
-                    t->size(3) == W,
-                name, ": expected shape [", B, ", ", value.size(1), ", ", H, ", ", W, "], got ",
-                t->sizes());
-  }
+  check_dim(grad_output, 4, "grad_output");
+  check_same(grad_output, query, "grad_output", "query");
+  TORCH_CHECK(grad_output.size(0) == B && grad_output.size(1) == value.size(1) &&
+                  grad_output.size(2) == H && grad_output.size(3) == W,
+              "grad_output: expected shape [", B, ", ", value.size(1), ", ", H, ", ", W,
+              "], got ", grad_output.sizes());
   check_dim(lse, 2, "lse");
   TORCH_CHECK(lse.size(0) == B && lse.size(1) == H * W, "lse: expected shape [", B, ", ", H * W,
               "], got ", lse.sizes());

@@ -11,7 +11,9 @@ namespace rtseg {
 
 struct PyramidGeometry {
   PyramidPlan plan;
-  std::vector<int32_t> maps;  // atom index of every input row 0..H, then of every column 0..W
+  // Atom index of every input row 0..H, then of every column 0..W, then the first row of every
+  // atom row (and H), then the first column of every atom column (and W).
+  std::vector<int32_t> maps;
 };
 
 inline void check_pyramid_pool_input(const at::Tensor& x) {
@@ -67,13 +69,18 @@ inline PyramidGeometry pyramid_geometry(int64_t H, int64_t W, at::IntArrayRef gr
       cut_x[adaptive_start(j, W, p.ow[l])] = cut_x[adaptive_end(j, W, p.ow[l])] = 1;
   }
   geo.maps.resize(H + W + 2);
-  auto number = [](const std::vector<char>& cut, int32_t* map) {
+  std::vector<int32_t> starts;
+  auto number = [&starts](const std::vector<char>& cut, int32_t* map) {
     int32_t atom = -1;
-    for (size_t q = 0; q < cut.size(); ++q) map[q] = atom += cut[q];
+    for (size_t q = 0; q < cut.size(); ++q) {
+      map[q] = atom += cut[q];
+      if (cut[q]) starts.push_back(static_cast<int32_t>(q));
+    }
     return atom;  // the end coordinate (always a cut) maps to the atom count
   };
   p.atoms_h = number(cut_y, geo.maps.data());
   p.atoms_w = number(cut_x, geo.maps.data() + H + 1);
+  geo.maps.insert(geo.maps.end(), starts.begin(), starts.end());
   return geo;
 }
 

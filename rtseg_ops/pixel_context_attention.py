@@ -95,22 +95,22 @@ if _backend.extension_loaded():
         return out, query.new_empty((B, H * W), dtype=_lse_dtype(query))
 
     @torch.library.register_fake("rtseg::pixel_context_attention_backward")
-    def _(grad_output, query, key, value, output, lse, scale):
+    def _(grad_output, query, key, value, lse, scale):
         grad_query = torch.empty_like(query, memory_format=output_memory_format(query))
         return (grad_query, torch.empty_like(key, memory_format=torch.contiguous_format),
                 torch.empty_like(value, memory_format=torch.contiguous_format))
 
     def _setup_context(ctx, inputs, output):
         query, key, value, scale = inputs
-        out, lse = output
+        _, lse = output
         ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.save_for_backward(query, key, value, lse)
         ctx.scale = scale
 
     def _backward(ctx, grad_output, _grad_lse):
-        query, key, value, out, lse = ctx.saved_tensors
+        query, key, value, lse = ctx.saved_tensors
         grads = torch.ops.rtseg.pixel_context_attention_backward(
-            grad_output, query, key, value, out, lse, ctx.scale)
+            grad_output, query, key, value, lse, ctx.scale)
         return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
 
     torch.library.register_autograd("rtseg::pixel_context_attention", _backward,

@@ -51,7 +51,7 @@ def test_matches_reference(device, B, Ck, Cv, M, hw):
 def test_many_tiles_float32():
     """More pixels than one tile of the CPU kernel, so several tiles and partials are summed."""
     args = make_inputs(B=2, Ck=32, Cv=64, M=100, hw=(37, 61), logit_scale=4.0)
-    check_against_reference(op, ref, args, atol=2e-5, rtol=1e-4)
+    check_against_reference(op, ref, args, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -106,7 +106,7 @@ def test_opcheck(M, layout):
     out, lse = torch.ops.rtseg.pixel_context_attention(q.detach(), k.detach(), v.detach(), 0.9)
     grad = torch.randn_like(out)
     check_opcheck(torch.ops.rtseg.pixel_context_attention_backward.default,
-                  (grad, q.detach(), k.detach(), v.detach(), out, lse, 0.9))
+                  (grad, q.detach(), k.detach(), v.detach(), lse, 0.9))
 
 
 def test_compile_fullgraph():
@@ -130,7 +130,7 @@ class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale):
         out, lse = triton_kernels.forward(q, k, v, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, lse)
         ctx.scale = scale
         return out
 
@@ -254,6 +254,8 @@ def test_direct_backward_call_checks():
     q, k, v = make_inputs()
     out, lse = torch.ops.rtseg.pixel_context_attention(q, k, v, 1.0)
     with pytest.raises(RuntimeError, match="lse: expected shape"):
-        torch.ops.rtseg.pixel_context_attention_backward(out, q, k, v, out, lse[:, 1:], 1.0)
+        torch.ops.rtseg.pixel_context_attention_backward(out, q, k, v, lse[:, 1:], 1.0)
     with pytest.raises(RuntimeError, match="grad_output: expected shape"):
-        torch.ops.rtseg.pixel_context_attention_backward(out[:, 1:], q, k, v, out, lse, 1.0)
+        torch.ops.rtseg.pixel_context_attention_backward(out[:, 1:], q, k, v, lse, 1.0)
+    with pytest.raises(RuntimeError, match="lse: expected Float"):
+        torch.ops.rtseg.pixel_context_attention_backward(out, q, k, v, lse.double(), 1.0)

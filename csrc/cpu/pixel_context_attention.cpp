@@ -3,18 +3,20 @@
 // softmax, so the (N x M) attention matrix is never written out. The forward saves the per-pixel
 // log-sum-exp; the backward recomputes the probabilities from it.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
+
 
 #include "pixel_context_attention.h"
 
 namespace rtseg {
 namespace {
 
-constexpr int64_t kTile = 256;        // pixels per task
+constexpr int64_t kTile = 512;        // pixels per task
 constexpr int64_t kMaxPartials = 8;   // dK/dV partial sums per batch item (fixed: deterministic)
 
 struct Tiles {
@@ -30,17 +32,47 @@ struct Tiles {
 // (NCHW and channels_last); BLAS reads either directly.
 at::Tensor pixels(const at::Tensor& t) { return t.flatten(2); }
 
+void check_cpu_dtype(const at::Tensor& query) {
+  TORCH_CHECK(query.scalar_type() == at::kFloat || query.scalar_type() == at::kDouble,
+              "query: expected float32 or float64 on the CPU, got ", query.scalar_type());
+}
+
+// logits <- scale * logits - shift[r] row by row; then exp_ in place (ATen's vectorised exp, one
+// call per tile: the extension itself is built for baseline x86-64).
 template <typename T>
-void softmax_rows(T* s, T* lse, int64_t rows, int64_t M, double scale) {
+void shifted_exp_rows(at::Tensor& logits, const T* shift, T scale) {
+  const int64_t rows = logits.size(0), M = logits.size(1);
+  T* s = logits.mutable_data_ptr<T>();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < M; ++j) s[r * M + j] = scale * s[r * M + j] - shift[r];
+  logits.exp_();
+}
+
+// In-place softmax of the rows of `scale * logits`, and its log-sum-exp into `lse`.
+template <typename T>
+void softmax_rows(at::Tensor& logits, T* lse, T scale) {
+  const int64_t rows = logits.size(0), M = logits.size(1);
+  T* s = logits.mutable_data_ptr<T>();
   for (int64_t r = 0; r < rows; ++r) {
-    T* row = s + r * M;
     T mx = -std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < M; ++j) mx = std::max(mx, row[j] * T(scale));
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < M; ++j) mx = std::max(mx, s[r * M + j]);
+    lse[r] = scale * mx;  // the row maximum of the scaled logits (scale may be negative)
+    if (scale < 0) {
+      T mn = std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(min : mn)
+      for (int64_t j = 0; j < M; ++j) mn = std::min(mn, s[r * M + j]);
+      lse[r] = scale * mn;
+    }
+  }
+  shifted_exp_rows(logits, lse, scale);
+  for (int64_t r = 0; r < rows; ++r) {
     T sum = 0;
-    for (int64_t j = 0; j < M; ++j) sum += row[j] = std::exp(row[j] * T(scale) - mx);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < M; ++j) sum += s[r * M + j];
     const T inv = T(1) / sum;
-    for (int64_t j = 0; j < M; ++j) row[j] *= inv;
-    lse[r] = mx + std::log(sum);
+    for (int64_t j = 0; j < M; ++j) s[r * M + j] *= inv;
+    lse[r] += std::log(sum);
   }
 }
 
@@ -49,6 +81,7 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
                                                                const at::Tensor& value,
                                                                double scale) {
   check_pixel_context_attention_args(query, key, value);
+  check_cpu_dtype(query);
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3), N = H * W;
   const int64_t M = key.size(2), Cv = value.size(1);
   auto out = at::empty({B, Cv, H, W}, query.options().memory_format(output_format(query)));
@@ -58,14 +91,17 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   const Tiles tiles(N);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_cpu", [&] {
     at::parallel_for(0, B * tiles.per_batch, 1, [&](int64_t begin, int64_t end) {
+      // The tiles' ATen calls run below autograd (the inputs may require grad); the guard is
+      // thread-local, so every worker sets it.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       auto probs = at::empty({kTile, M}, query.options());
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tiles.per_batch, n0 = (task % tiles.per_batch) * kTile;
         const int64_t n = std::min(kTile, N - n0);
         auto p = probs.narrow(0, 0, n);
         at::mm_out(p, q[b].narrow(1, n0, n).t(), key[b]);
-        softmax_rows(p.mutable_data_ptr<scalar_t>(),
-                     lse.mutable_data_ptr<scalar_t>() + b * N + n0, n, M, scale);
+        softmax_rows<scalar_t>(p, lse.mutable_data_ptr<scalar_t>() + b * N + n0,
+                               static_cast<scalar_t>(scale));
         auto o_tile = o[b].narrow(1, n0, n);
         at::mm_out(o_tile, value[b], p.t());
       }
@@ -74,30 +110,26 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   return {out, lse};
 }
 
-// sum_c a[c, n] * b[c, n] for the n pixels of a tile, read through strides.
+// grad_logits <- scale * P * (dP - rowsum(P * dP)), in place. With all M columns of a row at
+// hand, rowsum(P * dP) equals flash-attention's <dO, O> without reading the output.
 template <typename T>
-void channel_dot(const at::Tensor& a, const at::Tensor& b, T* dst) {
-  const int64_t C = a.size(0), n = a.size(1);
-  const T* pa = a.const_data_ptr<T>();
-  const T* pb = b.const_data_ptr<T>();
-  const int64_t ac = a.stride(0), an = a.stride(1), bc = b.stride(0), bn = b.stride(1);
-  std::fill(dst, dst + n, T(0));
-  for (int64_t c = 0; c < C; ++c) {
-    const T* ra = pa + c * ac;
-    const T* rb = pb + c * bc;
-    if (an == 1 && bn == 1) {
-      for (int64_t i = 0; i < n; ++i) dst[i] += ra[i] * rb[i];
-    } else {
-      for (int64_t i = 0; i < n; ++i) dst[i] += ra[i * an] * rb[i * bn];
-    }
+void softmax_backward_rows(const T* probs, T* grad_logits, int64_t rows, int64_t M, T scale) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = probs + r * M;
+    T* g = grad_logits + r * M;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < M; ++j) dot += p[j] * g[j];
+    for (int64_t j = 0; j < M; ++j) g[j] = scale * p[j] * (g[j] - dot);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& key,
-    const at::Tensor& value, const at::Tensor& output, const at::Tensor& lse, double scale) {
+    const at::Tensor& value, const at::Tensor& lse, double scale) {
   check_pixel_context_attention_args(query, key, value);
-  check_pixel_context_attention_grad(grad_output, output, lse, query, value);
+  check_pixel_context_attention_grad(grad_output, lse, query, value);
+  check_cpu_dtype(query);
   const int64_t B = query.size(0), Ck = query.size(1), N = query.size(2) * query.size(3);
   const int64_t M = key.size(2), Cv = value.size(1);
   auto grad_query = at::empty(query.sizes(), query.options().memory_format(output_format(query)));
@@ -109,15 +141,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
   auto grad_key_parts = at::empty({B, tiles.partials, Ck, M}, key.options());
   auto grad_value_parts = at::empty({B, tiles.partials, Cv, M}, value.options());
   // Zero strides (from .sum()) would make every tile's BLAS call copy; densify once instead.
-  const at::Tensor go = pixels(dense(grad_output)), o = pixels(output), q = pixels(query);
-  const at::Tensor gq = pixels(grad_query);
+  const at::Tensor go = pixels(dense(grad_output)), q = pixels(query);
+  const at::Tensor gq = pixels(grad_query), lse_dense = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_backward_cpu", [&] {
-    const at::Tensor lse_dense = lse.contiguous();
-    const scalar_t* lse_ptr = lse_dense.const_data_ptr<scalar_t>();
     at::parallel_for(0, B * tiles.partials, 1, [&](int64_t begin, int64_t end) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       auto probs = at::empty({kTile, M}, query.options());
       auto grad_logits = at::empty({kTile, M}, query.options());
-      std::vector<scalar_t> row_dot(kTile);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tiles.partials, part = task % tiles.partials;
         auto gk = grad_key_parts[b][part], gv = grad_value_parts[b][part];
@@ -129,18 +159,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
           auto p = probs.narrow(0, 0, n), ds = grad_logits.narrow(0, 0, n);
           const auto q_tile = q[b].narrow(1, n0, n), go_tile = go[b].narrow(1, n0, n);
           at::mm_out(p, q_tile.t(), key[b]);
+          shifted_exp_rows<scalar_t>(p, lse_dense.const_data_ptr<scalar_t>() + b * N + n0,
+                                     static_cast<scalar_t>(scale));
           at::mm_out(ds, go_tile.t(), value[b]);
-          channel_dot<scalar_t>(go_tile, o[b].narrow(1, n0, n), row_dot.data());
-          scalar_t* pp = p.mutable_data_ptr<scalar_t>();
-          scalar_t* pds = ds.mutable_data_ptr<scalar_t>();
-          const scalar_t* l = lse_ptr + b * N + n0;
-          for (int64_t i = 0; i < n; ++i) {
-            for (int64_t j = 0; j < M; ++j) {
-              const scalar_t prob = std::exp(pp[i * M + j] * scalar_t(scale) - l[i]);
-              pp[i * M + j] = prob;
-              pds[i * M + j] = scalar_t(scale) * prob * (pds[i * M + j] - row_dot[i]);
-            }
-          }
+          softmax_backward_rows<scalar_t>(p.const_data_ptr<scalar_t>(),
+                                          ds.mutable_data_ptr<scalar_t>(), n, M,
+                                          static_cast<scalar_t>(scale));
           auto gq_tile = gq[b].narrow(1, n0, n);
           at::mm_out(gq_tile, key[b], ds.t());
           gk.addmm_(q_tile, ds);

@@ -5,7 +5,9 @@ the logits come from ``tl.dot``, the row softmax is exact in float32 and the (pi
 probabilities never reach global memory. The per-pixel log-sum-exp is saved.
 Backward: each program walks a fixed set of pixel tiles, recomputes the probabilities from the
 log-sum-exp, writes dQ per pixel and accumulates its own dK/dV partial sums, which a second step
-adds up in a fixed order (deterministic, no atomics).
+adds up in a fixed order (deterministic, no atomics). With all M columns of a row on chip, the
+softmax backward's row term rowsum(P * dP) equals flash-attention's <dO, O>, so the output is
+never read back.
 Queries, outputs and their gradients are read and written in place through their (channel,
 pixel) strides, so NCHW (pixel stride 1) and channels_last need no transposes.
 """
@@ -67,7 +69,7 @@ def _forward_kernel(q_ptr, sq_b, sq_c, sq_n, k_ptr, sk_b, sk_c, sk_m, v_ptr, sv_
 
 @triton.jit
 def _backward_kernel(go_ptr, sg_b, sg_c, sg_n, q_ptr, sq_b, sq_c, sq_n, k_ptr, sk_b, sk_c, sk_m,
-                     v_ptr, sv_b, sv_c, sv_m, o_ptr, so_b, so_c, so_n, lse_ptr,
+                     v_ptr, sv_b, sv_c, sv_m, lse_ptr,
                      dq_ptr, sdq_b, sdq_c, sdq_n, dk_part_ptr, dv_part_ptr,
                      N, M, CK, CV, scale, TILES, SPLIT,
                      ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -89,16 +91,12 @@ def _backward_kernel(go_ptr, sg_b, sg_c, sg_n, q_ptr, sq_b, sq_c, sq_n, k_ptr, s
         lse = tl.load(lse_ptr + b * N + offs_n, mask=mask_n, other=0.0)
         p = tl.where(mask_nm, tl.exp(s * scale - lse[:, None]), 0.0)
         dp = tl.zeros((BLOCK_N, BLOCK_M), dtype=ACC)
-        row_dot = tl.zeros((BLOCK_N,), dtype=ACC)
         for c0 in range(0, CV, BLOCK_CV):
             offs_c = (c0 + tl.arange(0, BLOCK_CV)).to(tl.int64)
             mask_c = offs_c < CV
             mask_nc = mask_n[:, None] & mask_c[None, :]
             go = tl.load(go_ptr + b * sg_b + offs_c[None, :] * sg_c + offs_n[:, None] * sg_n,
                          mask=mask_nc, other=0.0)
-            o = tl.load(o_ptr + b * so_b + offs_c[None, :] * so_c + offs_n[:, None] * so_n,
-                        mask=mask_nc, other=0.0)
-            row_dot += tl.sum(go.to(ACC) * o.to(ACC), axis=1)
             v_t = tl.load(v_ptr + b * sv_b + offs_c[:, None] * sv_c + offs_m[None, :] * sv_m,
                           mask=mask_c[:, None] & mask_m[None, :], other=0.0)
             dv_ptrs = dv_base + offs_c[:, None] * M + offs_m[None, :]
@@ -111,7 +109,7 @@ def _backward_kernel(go_ptr, sg_b, sg_c, sg_n, q_ptr, sq_b, sq_c, sq_n, k_ptr, s
                 dv = tl.dot(tl.trans(go), p.to(go.dtype))
             tl.store(dv_ptrs, tl.load(dv_ptrs, mask=mask_cm, other=0.0) + dv.to(ACC),
                      mask=mask_cm)
-        ds = p * (dp - row_dot[:, None]) * scale
+        ds = p * (dp - tl.sum(p * dp, axis=1)[:, None]) * scale
         for c0 in range(0, CK, BLOCK_CK):
             offs_c = (c0 + tl.arange(0, BLOCK_CK)).to(tl.int64)
             mask_c = offs_c < CK
@@ -185,7 +183,7 @@ def _programs_per_item(query, tiles):
     return max(1, min(tiles, triton.cdiv(target, max(1, query.shape[0]))))
 
 
-def backward(grad_output, query, key, value, output, lse, scale, programs_per_item=None):
+def backward(grad_output, query, key, value, lse, scale, programs_per_item=None):
     """Launch the backward; returns (grad_query, grad_key, grad_value)."""
     B, CK, H, W = query.shape
     N, M, CV = H * W, key.shape[2], value.shape[1]
@@ -203,10 +201,10 @@ def backward(grad_output, query, key, value, output, lse, scale, programs_per_it
     dk_part = torch.zeros((B, split, CK, M), dtype=part_dtype, device=query.device)
     dv_part = torch.zeros((B, split, CV, M), dtype=part_dtype, device=query.device)
     # Expanded (zero-stride) gradients are valid strides for the kernel; non-flattenable ones copy.
-    go, q, o, dq = (_pixels(t) for t in (grad_output, query, output, grad_query))
+    go, q, dq = (_pixels(t) for t in (grad_output, query, grad_query))
     lse = lse.contiguous()
     _backward_kernel[(split, B)](
         go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
-        o, *o.stride(), lse, dq, *dq.stride(), dk_part, dv_part,
+        lse, dq, *dq.stride(), dk_part, dv_part,
         N, M, CK, CV, float(scale), tiles, split, BLOCK_N=block_n, num_warps=4, **cfg)
     return (grad_query, dk_part.sum(1).to(key.dtype), dv_part.sum(1).to(value.dtype))

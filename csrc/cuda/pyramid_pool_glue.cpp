@@ -10,11 +10,13 @@
 namespace rtseg {
 namespace {
 
-// The geometry's index maps, copied to x's device (a blocking copy: the host vector may go).
+// The geometry's index maps on x's device. Staged through pinned memory so that the copy is
+// asynchronous (no stream synchronisation); the caching host allocator keeps the pinned block
+// until the copy has run, and pin_memory() copies the vector, which may then go.
 at::Tensor device_maps(const PyramidGeometry& geo, const at::Tensor& x) {
   auto host = at::from_blob(const_cast<int32_t*>(geo.maps.data()),
                             {static_cast<int64_t>(geo.maps.size())}, at::kInt);
-  return host.to(x.device());
+  return host.pin_memory().to(x.options().dtype(at::kInt), /*non_blocking=*/true);
 }
 
 at::Tensor pyramid_pool_cuda(const at::Tensor& x, at::IntArrayRef grids, bool keep_aspect_ratio,

@@ -54,17 +54,27 @@ RTSEG_HD int source_width(const PyramidPlan& p, int l) {
   return p.src[l] < 0 ? p.atoms_w : p.ow[p.src[l]];
 }
 
+// Bin (i, j) of an oh x ow level as a rectangle of source cells [r0, r1) x [c0, c1) and the
+// number of input elements (or source cells, for a cascaded level) it averages.
+struct BinRect {
+  int64_t r0, r1, c0, c1, count;
+};
+
+RTSEG_HD BinRect bin_rect(PoolSource s, int oh, int ow, int i, int j) {
+  const int64_t y0 = adaptive_start(i, s.h, oh), y1 = adaptive_end(i, s.h, oh);
+  const int64_t x0 = adaptive_start(j, s.w, ow), x1 = adaptive_end(j, s.w, ow);
+  return {map_index(s.ymap, y0), map_index(s.ymap, y1), map_index(s.xmap, x0),
+          map_index(s.xmap, x1), (y1 - y0) * (x1 - x0)};
+}
+
 // Mean of bin (i, j) of an oh x ow level over `cells` (row width `cells_w`) laid out as `s`.
 template <typename A>
 RTSEG_HD A pool_bin(const A* cells, int cells_w, PoolSource s, int oh, int ow, int i, int j) {
-  const int64_t y0 = adaptive_start(i, s.h, oh), y1 = adaptive_end(i, s.h, oh);
-  const int64_t x0 = adaptive_start(j, s.w, ow), x1 = adaptive_end(j, s.w, ow);
-  const int64_t r0 = map_index(s.ymap, y0), r1 = map_index(s.ymap, y1);
-  const int64_t c0 = map_index(s.xmap, x0), c1 = map_index(s.xmap, x1);
+  const BinRect b = bin_rect(s, oh, ow, i, j);
   A sum = 0;
-  for (int64_t r = r0; r < r1; ++r)
-    for (int64_t c = c0; c < c1; ++c) sum += cells[r * cells_w + c];
-  return sum / A((y1 - y0) * (x1 - x0));
+  for (int64_t r = b.r0; r < b.r1; ++r)
+    for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[r * cells_w + c];
+  return sum / A(b.count);
 }
 
 // Adjoint of pool_bin for one row `r` of the cells: adds grad[i][j] / count to every cell of
@@ -75,9 +85,9 @@ RTSEG_HD void unpool_row(A* cells_row, int64_t r, PoolSource s, const A* grad, i
     const int64_t y0 = adaptive_start(i, s.h, oh), y1 = adaptive_end(i, s.h, oh);
     if (r < map_index(s.ymap, y0) || r >= map_index(s.ymap, y1)) continue;
     for (int j = 0; j < ow; ++j) {
-      const int64_t x0 = adaptive_start(j, s.w, ow), x1 = adaptive_end(j, s.w, ow);
-      const A g = grad[i * ow + j] / A((y1 - y0) * (x1 - x0));
-      for (int64_t c = map_index(s.xmap, x0); c < map_index(s.xmap, x1); ++c) cells_row[c] += g;
+      const BinRect b = bin_rect(s, oh, ow, i, j);
+      const A g = grad[i * ow + j] / A(b.count);
+      for (int64_t c = b.c0; c < b.c1; ++c) cells_row[c] += g;
     }
   }
 }

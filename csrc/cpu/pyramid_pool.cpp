@@ -1,5 +1,6 @@
 // pyramid_pool on the CPU: per (batch, channel) plane, one read of the input gives the atom sums
 // (csrc/common/pyramid_pool.h) and every level; the backward writes each input gradient once.
+// The CUDA kernels use the same bin geometry (bin_rect) through pool_bin / unpool_row.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -10,17 +11,37 @@
 namespace rtseg {
 namespace {
 
+// Every bin's rectangle and 1 / count, computed once per call: the bin boundaries are the same
+// for every plane, so the per-plane loops below do no integer divisions.
+struct Bins {
+  std::vector<BinRect> rect;  // one per level value, at the level's offset
+  std::vector<double> inv_count;
+  Bins(const PyramidPlan& p, const int32_t* ymap, const int32_t* xmap)
+      : rect(p.total), inv_count(p.total) {
+    for (int l = 0; l < p.levels; ++l) {
+      const PoolSource s = level_source(p, l, ymap, xmap);
+      for (int i = 0; i < p.oh[l]; ++i)
+        for (int j = 0; j < p.ow[l]; ++j) {
+          const int q = p.offset[l] + i * p.ow[l] + j;
+          rect[q] = bin_rect(s, p.oh[l], p.ow[l], i, j);
+          inv_count[q] = 1.0 / static_cast<double>(rect[q].count);
+        }
+    }
+  }
+};
+
 template <typename T>
 void forward(const T* x, Strided4 xs, T* out, const PyramidPlan& p, const int32_t* maps) {
   using A = acc_t<T>;
   const int32_t* ymap = maps;
   const int32_t* xmap = maps + xs.h + 1;
+  const int32_t* col_starts = maps + xs.h + xs.w + 2 + p.atoms_h + 1;
+  const Bins bins(p, ymap, xmap);
   at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> colsum(xs.w), atoms(p.atoms_h * p.atoms_w), values(p.total);
     for (int64_t plane = begin; plane < end; ++plane) {
       const T* in = x + (plane / xs.c) * xs.sn + (plane % xs.c) * xs.sc;
       std::fill(colsum.begin(), colsum.end(), A(0));
-      std::fill(atoms.begin(), atoms.end(), A(0));
       for (int64_t y = 0; y < xs.h; ++y) {
         const T* row = in + y * xs.sh;
         if (xs.sw == 1) {
@@ -30,17 +51,24 @@ void forward(const T* x, Strided4 xs, T* out, const PyramidPlan& p, const int32_
         }
         if (y + 1 == xs.h || ymap[y + 1] != ymap[y]) {  // last row of an atom row
           A* atom_row = atoms.data() + ymap[y] * p.atoms_w;
-          for (int64_t c = 0; c < xs.w; ++c) atom_row[xmap[c]] += colsum[c];
+          for (int q = 0; q < p.atoms_w; ++q) {
+            A sum = 0;
+            for (int64_t c = col_starts[q]; c < col_starts[q + 1]; ++c) sum += colsum[c];
+            atom_row[q] = sum;
+          }
           std::fill(colsum.begin(), colsum.end(), A(0));
         }
       }
       for (int l = 0; l < p.levels; ++l) {
         const A* cells = p.src[l] < 0 ? atoms.data() : values.data() + p.offset[p.src[l]];
-        const PoolSource s = level_source(p, l, ymap, xmap);
-        for (int i = 0; i < p.oh[l]; ++i)
-          for (int j = 0; j < p.ow[l]; ++j)
-            values[p.offset[l] + i * p.ow[l] + j] =
-                pool_bin(cells, source_width(p, l), s, p.oh[l], p.ow[l], i, j);
+        const int cw = source_width(p, l);
+        for (int q = p.offset[l]; q < p.offset[l] + p.oh[l] * p.ow[l]; ++q) {
+          const BinRect& b = bins.rect[q];
+          A sum = 0;
+          for (int64_t r = b.r0; r < b.r1; ++r)
+            for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[r * cw + c];
+          values[q] = sum * static_cast<A>(bins.inv_count[q]);
+        }
       }
       T* o = out + plane * p.out_total;
       for (int k = 0; k < p.outputs; ++k) {
@@ -57,6 +85,17 @@ void backward(const T* grad_out, int64_t gs_n, int64_t gs_c, int64_t gs_m, T* gr
   using A = acc_t<T>;
   const int32_t* ymap = maps;
   const int32_t* xmap = maps + xs.h + 1;
+  const Bins bins(p, ymap, xmap);
+  // Adjoint of one level's pooling: every bin adds its gradient / count to its source cells.
+  auto unpool = [&](int l, const A* grads, A* cells) {
+    const int cw = source_width(p, l);
+    for (int q = p.offset[l]; q < p.offset[l] + p.oh[l] * p.ow[l]; ++q) {
+      const BinRect& b = bins.rect[q];
+      const A g = grads[q] * static_cast<A>(bins.inv_count[q]);
+      for (int64_t r = b.r0; r < b.r1; ++r)
+        for (int64_t c = b.c0; c < b.c1; ++c) cells[r * cw + c] += g;
+    }
+  };
   at::parallel_for(0, xs.n * xs.c, 1, [&](int64_t begin, int64_t end) {
     std::vector<A> grads(p.total), atoms(p.atoms_h * p.atoms_w);
     std::vector<T> row_grad(xs.w);
@@ -69,21 +108,11 @@ void backward(const T* grad_out, int64_t gs_n, int64_t gs_c, int64_t gs_m, T* gr
         for (int q = 0; q < p.oh[l] * p.ow[l]; ++q, ++m) grads[p.offset[l] + q] += g[m * gs_m];
       }
       // Cascaded levels hand their gradient down to the level they pool, smallest first.
-      for (int l = p.levels - 1; l >= 0; --l) {
-        if (p.src[l] < 0) continue;
-        const PoolSource s = level_source(p, l, ymap, xmap);
-        A* cells = grads.data() + p.offset[p.src[l]];
-        for (int64_t r = 0; r < s.h; ++r)
-          unpool_row(cells + r * s.w, r, s, grads.data() + p.offset[l], p.oh[l], p.ow[l]);
-      }
+      for (int l = p.levels - 1; l >= 0; --l)
+        if (p.src[l] >= 0) unpool(l, grads.data(), grads.data() + p.offset[p.src[l]]);
       std::fill(atoms.begin(), atoms.end(), A(0));
-      for (int l = 0; l < p.levels; ++l) {
-        if (p.src[l] >= 0) continue;
-        const PoolSource s = level_source(p, l, ymap, xmap);
-        for (int64_t r = 0; r < p.atoms_h; ++r)
-          unpool_row(atoms.data() + r * p.atoms_w, r, s, grads.data() + p.offset[l], p.oh[l],
-                     p.ow[l]);
-      }
+      for (int l = 0; l < p.levels; ++l)
+        if (p.src[l] < 0) unpool(l, grads.data(), atoms.data());
       T* gx = grad_x + b * xs.sn + ch * xs.sc;
       for (int64_t y = 0; y < xs.h; ++y) {
         if (y == 0 || ymap[y] != ymap[y - 1]) {

@@ -44,7 +44,10 @@ def run_benchmark(benchmark, fn, args, *, op, case, impl, pass_, bytes_moved=Non
     else:
         leaves = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and
                   a.is_floating_point() else a for a in args]
-        grad = torch.randn_like(fn(*leaves))
+        out = fn(*leaves)
+        # ops returning a list of tensors get one random gradient per tensor
+        grad = [torch.randn_like(o) for o in out] if isinstance(out, (list, tuple)) else \
+            torch.randn_like(out)
 
         def target():
             out = fn(*leaves)

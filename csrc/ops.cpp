@@ -16,6 +16,14 @@ TORCH_LIBRARY(rtseg, m) {
         "bool align_corners) -> Tensor");
   m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
         "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  m.def("gated_flow_fusion(Tensor high, Tensor low, Tensor flow_high, Tensor flow_low, "
+        "Tensor gate_high, Tensor gate_low, int groups) -> Tensor");
+  m.def("gated_flow_fusion_backward(Tensor grad_output, Tensor high, Tensor low, "
+        "Tensor flow_high, Tensor flow_low, Tensor gate_high, Tensor gate_low, int groups) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
+  m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
+        "bool count_include_pad) -> Tensor");
   m.def("pyramid_pool(Tensor x, int[] grids, bool keep_aspect_ratio, bool cascade) -> Tensor");
   m.def("pyramid_pool_backward(Tensor grad_output, Tensor x, int[] grids, "
         "bool keep_aspect_ratio, bool cascade) -> Tensor");

@@ -7,13 +7,17 @@ says which implementation each op runs on each device in this build.
 """
 from . import reference
 from ._backend import backend_table, extension_loaded
+from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
 from .pixel_context_attention import PixelContextAttention, pixel_context_attention
 from .pyramid_pool import PyramidPool, pyramid_pool
+from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
+    "gated_flow_fusion", "GatedFlowFusion",
+    "spatial_aware_pool", "SpatialAwarePool",
     "pyramid_pool", "PyramidPool",
     "pixel_context_attention", "PixelContextAttention",
 ]

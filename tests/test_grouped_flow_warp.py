@@ -67,6 +67,27 @@ def test_zero_flow_is_align_corners_upsampling(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_unused_corners_do_not_leak_inf(device, padding_mode):
+    """Samples outside the input read nothing: an inf stored at pixel (0, 0) must not turn their
+    zero weights into nan, in the output or in either gradient."""
+    x, flow = make_inputs(C=4, groups=2, in_hw=(5, 6), device=device, dtype=torch.float64)
+    x[:, :, 0, 0] = float("inf")
+    flow[:, :, 2:, 2:] = 1e3  # far outside, so every corner is unused (zeros) or clamped (border)
+    out = op(x, flow, 2, None, padding_mode)
+    expected = ref(x, flow, 2, None, padding_mode)
+    torch.testing.assert_close(out[:, :, 2:, 2:], expected[:, :, 2:, 2:])
+    if padding_mode == "zeros":
+        assert torch.equal(out[:, :, 2:, 2:], torch.zeros_like(out[:, :, 2:, 2:]))
+        x_in = x.clone().requires_grad_()
+        f_in = flow.clone().requires_grad_()
+        grad = torch.zeros(out.shape, dtype=out.dtype, device=device)
+        grad[:, :, 2:, 2:] = 1.0
+        gx, gf = torch.autograd.grad(op(x_in, f_in, 2), (x_in, f_in), grad)
+        assert torch.isfinite(gf[:, :, 2:, 2:]).all() and torch.isfinite(gx).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_empty_batch(device):
     x, flow = make_inputs(B=0, C=4, groups=2, in_hw=(5, 6), out_hw=(7, 8), device=device)
     x.requires_grad_()

@@ -39,6 +39,7 @@ template <typename T> RTSEG_HD T unnormalize_slope(int64_t size, bool align_corn
 // never out of bounds.
 template <typename T> struct BilinearTaps {
   int64_t offset[4];  // nw, ne, sw, se
+  int64_t row[4], col[4];  // the corners' pixel indices (0 outside the plane)
   T weight[4];
   T dweight_dx[4];
   T dweight_dy[4];
@@ -84,11 +85,31 @@ RTSEG_UNROLL
   for (int k = 0; k < 4; ++k) {
     const bool inside = xs[k] >= 0 && xs[k] < w && ys[k] >= 0 && ys[k] < h;
     taps.offset[k] = inside ? ys[k] * sy + xs[k] * sx : 0;
+    taps.row[k] = inside ? ys[k] : 0;
+    taps.col[k] = inside ? xs[k] : 0;
     taps.weight[k] = inside ? wx[k] * wy[k] : T(0);
     taps.dweight_dx[k] = inside ? dwx[k] * wy[k] * slope_x : T(0);
     taps.dweight_dy[k] = inside ? wx[k] * dwy[k] * slope_y : T(0);
   }
   return taps;
+}
+
+// Weighted sum of the used corners; load(offset) reads one. Unused corners are skipped rather
+// than multiplied by 0, so an inf or nan stored at offset 0 never leaks in (as in grid_sample).
+template <typename T, typename Load>
+RTSEG_HD T interpolate(const BilinearTaps<T>& taps, Load load) {
+  T v = T(0);
+  RTSEG_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    if (taps.weight[k] != T(0)) v += taps.weight[k] * load(taps.offset[k]);
+  }
+  return v;
+}
+
+// Whether corner k lies inside the plane. A corner can be inside with weight 0 (an exact grid
+// position) and still carry a derivative, so gradients test this rather than the weight.
+template <typename T> RTSEG_HD bool corner_used(const BilinearTaps<T>& taps, int k) {
+  return taps.weight[k] != T(0) || taps.dweight_dx[k] != T(0) || taps.dweight_dy[k] != T(0);
 }
 
 // grouped_flow_warp's sampling position for output pixel (x, y) of an H x W output displaced by
@@ -107,6 +128,48 @@ RTSEG_HD FlowWarpPosition<T> flow_warp_position(int64_t x, int64_t y, T dx, T dy
   p.dix_ddx = unnormalize_slope<T>(w, align_corners) / T(W);
   p.diy_ddy = unnormalize_slope<T>(h, align_corners) / T(H);
   return p;
+}
+
+// F.interpolate(mode="bilinear", align_corners=True) along one axis: output index `dst` of
+// `out_size` reads input indices i0 and i1 (i1 == i0 at the last input index) with weights
+// 1 - lambda and lambda, as in upsample_bilinear2d.
+template <typename T> struct AxisTaps {
+  int64_t i0, i1;
+  T lambda;
+};
+template <typename T>
+RTSEG_HD AxisTaps<T> align_corners_axis_taps(int64_t dst, int64_t in_size, int64_t out_size) {
+  const T scale = out_size > 1 ? T(in_size - 1) / T(out_size - 1) : T(0);
+  const T src = scale * T(dst);
+  AxisTaps<T> t;
+  t.i0 = rt_min(static_cast<int64_t>(src), in_size - 1);
+  t.i1 = t.i0 < in_size - 1 ? t.i0 + 1 : t.i0;
+  t.lambda = rt_min(rt_max(src - T(t.i0), T(0)), T(1));
+  return t;
+}
+
+// Pixel (row, col) of the H x W align_corners=True upsampling of an h x w plane with strides
+// (sy, sx), as four taps of that plane: lets kernels read the upsampled map without storing it.
+template <typename T> struct UpsampleTaps {
+  int64_t offset[4];  // nw, ne, sw, se
+  T weight[4];
+};
+template <typename T>
+RTSEG_HD UpsampleTaps<T> align_corners_upsample_taps(int64_t row, int64_t col, int64_t H,
+                                                     int64_t W, int64_t h, int64_t w, int64_t sy,
+                                                     int64_t sx) {
+  const AxisTaps<T> ty = align_corners_axis_taps<T>(row, h, H);
+  const AxisTaps<T> tx = align_corners_axis_taps<T>(col, w, W);
+  UpsampleTaps<T> taps;
+  taps.offset[0] = ty.i0 * sy + tx.i0 * sx;
+  taps.offset[1] = ty.i0 * sy + tx.i1 * sx;
+  taps.offset[2] = ty.i1 * sy + tx.i0 * sx;
+  taps.offset[3] = ty.i1 * sy + tx.i1 * sx;
+  taps.weight[0] = (T(1) - ty.lambda) * (T(1) - tx.lambda);
+  taps.weight[1] = (T(1) - ty.lambda) * tx.lambda;
+  taps.weight[2] = ty.lambda * (T(1) - tx.lambda);
+  taps.weight[3] = ty.lambda * tx.lambda;
+  return taps;
 }
 
 }  // namespace rtseg

@@ -10,6 +10,11 @@
 namespace rtseg {
 namespace {
 
+// Tasks per thread chunk so that small calls run inline instead of waking the thread pool.
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_task));
+}
+
 template <typename T>
 void taps_for_row(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
                   const Strided4& in, bool align_corners, Padding padding,
@@ -27,7 +32,7 @@ template <typename T>
 void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, Strided4 os,
              int64_t groups, Padding padding, bool align_corners) {
   const int64_t cg = in.c / groups;
-  at::parallel_for(0, in.n * groups * fs.h, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, in.n * groups * fs.h, grain_for(cg * fs.w), [&](int64_t begin, int64_t end) {
     std::vector<BilinearTaps<T>> taps(fs.w);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % fs.h, g = (task / fs.h) % groups, b = task / (fs.h * groups);
@@ -36,9 +41,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
         const T* plane = input + b * in.sn + c * in.sc;
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
         for (int64_t x = 0; x < fs.w; ++x) {
-          const auto& t = taps[x];
-          row[x * os.sw] = t.weight[0] * plane[t.offset[0]] + t.weight[1] * plane[t.offset[1]] +
-                           t.weight[2] * plane[t.offset[2]] + t.weight[3] * plane[t.offset[3]];
+          row[x * os.sw] = interpolate(taps[x], [plane](int64_t o) { return plane[o]; });
         }
       }
     }
@@ -57,7 +60,8 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
   const int64_t flow_numel = fs.n * fs.c * fs.h * fs.w;
   // Every pixel shares d(ix)/d(dx) and d(iy)/d(dy).
   const auto pos0 = flow_warp_position<T>(0, 0, T(0), T(0), fs.h, fs.w, in.h, in.w, align_corners);
-  at::parallel_for(0, in.n * groups * slices, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, in.n * groups * slices, grain_for(per_slice * fs.h * fs.w),
+                   [&](int64_t begin, int64_t end) {
     std::vector<BilinearTaps<T>> taps(fs.w);
     std::vector<T> gx(fs.w), gy(fs.w);
     for (int64_t task = begin; task < end; ++task) {
@@ -79,6 +83,7 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
             const T g_o = go[x * gs.sw];
             T vx = 0, vy = 0;
             for (int k = 0; k < 4; ++k) {
+              if (!corner_used(t, k)) continue;  // outside: see interpolate()
               const T v = plane[t.offset[k]];
               gplane[t.offset[k]] += t.weight[k] * g_o;
               vx += t.dweight_dx[k] * v;

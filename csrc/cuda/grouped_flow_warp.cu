@@ -40,8 +40,7 @@ __global__ void forward_kernel(const T* __restrict__ input, const T* __restrict_
     const int64_t c_end = min(c_begin + kChannelsPerThread, (g + 1) * cg);
     for (int64_t c = c_begin; c < c_end; ++c) {
       const T* plane = input + b * a.in.sn + c * a.in.sc;
-      const A v = t.weight[0] * to_acc(plane[t.offset[0]]) + t.weight[1] * to_acc(plane[t.offset[1]]) +
-                  t.weight[2] * to_acc(plane[t.offset[2]]) + t.weight[3] * to_acc(plane[t.offset[3]]);
+      const A v = interpolate(t, [plane](int64_t o) { return to_acc(plane[o]); });
       out[b * os.sn + c * os.sc + y * os.sh + x * os.sw] = from_acc<T>(v);
     }
   }
@@ -70,6 +69,7 @@ __global__ void forward_channels_last_kernel(const T* __restrict__ input,
     for (int j = 0; j < N; ++j) acc[j] = A(0);
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
+      if (t.weight[k] == A(0)) continue;  // unused corner: see interpolate()
       const Vec<T, N> corner = *reinterpret_cast<const Vec<T, N>*>(base + t.offset[k]);
 #pragma unroll
       for (int j = 0; j < N; ++j) acc[j] += t.weight[k] * to_acc(corner.v[j]);
@@ -107,6 +107,7 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
       A vx = A(0), vy = A(0);
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
+        if (!corner_used(t, k)) continue;  // outside: see interpolate()
         const A v = to_acc(plane[t.offset[k]]);
         vx += t.dweight_dx[k] * v;
         vy += t.dweight_dy[k] * v;

@@ -1,0 +1,335 @@
+// gated_flow_fusion CUDA kernels. A thread computes one pixel's taps of both warps once (the
+// low warp's 16 taps read the upsampled map from `low` on the fly, merged by address so that
+// typically 4 to 9 are read and scattered, common/gated_flow_fusion.h) and applies them to
+// several channels of its group.
+#include "cuda/cuda_utils.cuh"
+#include "cuda/gated_flow_fusion.cuh"
+
+namespace rtseg {
+namespace {
+
+// Channels per thread in the forward: enough reuse of the taps, enough threads in flight.
+constexpr int64_t kChannelsPerThread = 16;
+
+template <typename T> struct Inputs {
+  const T *high, *low, *flow_high, *flow_low, *gate_high, *gate_low;
+  explicit Inputs(const GatedFusionInputs& in)
+      : high(static_cast<const T*>(in.high)), low(static_cast<const T*>(in.low)),
+        flow_high(static_cast<const T*>(in.flow_high)),
+        flow_low(static_cast<const T*>(in.flow_low)),
+        gate_high(static_cast<const T*>(in.gate_high)),
+        gate_low(static_cast<const T*>(in.gate_low)) {}
+};
+
+template <typename T>
+__device__ __forceinline__ Gate<acc_t<T>> gate_at(const T* gate, const Strided4& s, int64_t b,
+                                                  int64_t y, int64_t x) {
+  return gate_of(to_acc(gate[b * s.sn + y * s.sh + x * s.sw]));
+}
+
+// The high warp's corners of pixel (x, y) in group g, with offsets for plane strides (sy, sx).
+template <typename T>
+__device__ __forceinline__ BilinearTaps<acc_t<T>> high_taps(const Inputs<T>& p,
+                                                            const GatedFusionArgs& a, int64_t b,
+                                                            int64_t g, int64_t y, int64_t x,
+                                                            int64_t sy, int64_t sx) {
+  const Strided4& f = a.flow_high;
+  const T* d = p.flow_high + b * f.sn + 2 * g * f.sc + y * f.sh + x * f.sw;
+  return fusion_warp_corners(x, y, to_acc(d[0]), to_acc(d[f.sc]), a.high.h, a.high.w, sy, sx);
+}
+
+// The low warp's 16 taps of pixel (x, y) in group g, for low-plane strides (sy, sx).
+template <typename T>
+__device__ __forceinline__ UpsampledWarpTaps<acc_t<T>> low_taps(const Inputs<T>& p,
+                                                                const GatedFusionArgs& a,
+                                                                int64_t b, int64_t g, int64_t y,
+                                                                int64_t x, int64_t sy,
+                                                                int64_t sx) {
+  const Strided4& f = a.flow_low;
+  const int64_t H = a.high.h, W = a.high.w;
+  const T* d = p.flow_low + b * f.sn + 2 * g * f.sc + y * f.sh + x * f.sw;
+  const auto corners = fusion_warp_corners(x, y, to_acc(d[0]), to_acc(d[f.sc]), H, W, W,
+                                           int64_t(1));
+  return upsampled_warp_taps(corners, H, W, a.low.h, a.low.w, sy, sx);
+}
+
+// item = (b, g, channel chunk, y, x) with x fastest, so neighbouring threads write neighbouring
+// pixels of NCHW outputs.
+template <typename T>
+__global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, GatedFusionArgs a) {
+  using A = acc_t<T>;
+  const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
+  const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
+  const int64_t total = a.high.n * a.groups * chunks * hw;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = i % W, y = (i / W) % H;
+    const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
+    const int64_t b = i / (hw * chunks * a.groups);
+    const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
+    const auto tl = low_taps(p, a, b, g, y, x, a.low.sh, a.low.sw);
+    const A scale_high = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
+    const A scale_low = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
+    const int64_t c_begin = g * cg + chunk * kChannelsPerThread;
+    const int64_t c_end = min(c_begin + kChannelsPerThread, (g + 1) * cg);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const T* hp = p.high + b * a.high.sn + c * a.high.sc;
+      const T* lp = p.low + b * a.low.sn + c * a.low.sc;
+      A vl = A(0);
+      const A vh = interpolate(th, [hp](int64_t o) { return to_acc(hp[o]); });
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        if (tl.weight[k] != A(0)) vl += tl.weight[k] * to_acc(lp[tl.offset[k]]);
+      }
+      out[b * os.sn + c * os.sc + y * os.sh + x * os.sw] = from_acc<T>(scale_low * vl +
+                                                                       scale_high * vh);
+    }
+  }
+}
+
+// item = (b, g, channel chunk, y, x): the thread walks its chunk's channels, reducing the
+// per-pixel FusionSums in registers and writing them once (no atomics) to its slot of
+// `partials`; with kScatter the input gradients are scattered into the accumulation buffers.
+template <typename T, bool kScatter>
+__global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inputs<T> p,
+                                acc_t<T>* __restrict__ partials, int64_t chunks,
+                                acc_t<T>* __restrict__ grad_high, acc_t<T>* __restrict__ grad_low,
+                                GatedFusionArgs a) {
+  using A = acc_t<T>;
+  const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
+  const int64_t per_chunk = (cg + chunks - 1) / chunks;
+  const int64_t total = a.high.n * a.groups * chunks * hw;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = i % W, y = (i / W) % H;
+    const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
+    const int64_t b = i / (hw * chunks * a.groups);
+    const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
+    const auto tl = low_taps(p, a, b, g, y, x, a.low.sh, a.low.sw);
+    const A scale_high = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
+    const A scale_low = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
+    A sums[kFusionSums];
+#pragma unroll
+    for (int q = 0; q < kFusionSums; ++q) sums[q] = A(0);
+    const int64_t c_begin = g * cg + chunk * per_chunk;
+    const int64_t c_end = min(c_begin + per_chunk, (g + 1) * cg);
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
+      const T* hp = p.high + b * a.high.sn + c * a.high.sc;
+      const T* lp = p.low + b * a.low.sn + c * a.low.sc;
+      A v = A(0), vx = A(0), vy = A(0);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (!corner_used(th, k)) continue;  // outside: see interpolate()
+        const A val = to_acc(hp[th.offset[k]]);
+        v += th.weight[k] * val;
+        vx += th.dweight_dx[k] * val;
+        vy += th.dweight_dy[k] * val;
+        if (kScatter && th.weight[k] != A(0)) {
+          atomicAdd(grad_high + b * a.high.sn + c * a.high.sc + th.offset[k],
+                    th.weight[k] * scale_high * go);
+        }
+      }
+      sums[kHighValue] += go * v;
+      sums[kHighDx] += go * vx;
+      sums[kHighDy] += go * vy;
+      v = vx = vy = A(0);
+#pragma unroll
+      for (int k = 0; k < 16; ++k) {
+        if (tap_is_zero(tl, k)) continue;  // merged duplicates and taps outside the map
+        const A val = to_acc(lp[tl.offset[k]]);
+        v += tl.weight[k] * val;
+        vx += tl.dweight_dx[k] * val;
+        vy += tl.dweight_dy[k] * val;
+        if (kScatter && tl.weight[k] != A(0)) {
+          atomicAdd(grad_low + b * a.low.sn + c * a.low.sc + tl.offset[k],
+                    tl.weight[k] * scale_low * go);
+        }
+      }
+      sums[kLowValue] += go * v;
+      sums[kLowDx] += go * vx;
+      sums[kLowDy] += go * vy;
+    }
+    A* slot = partials + (((chunk * a.high.n + b) * a.groups + g) * kFusionSums) * hw + y * W + x;
+#pragma unroll
+    for (int q = 0; q < kFusionSums; ++q) slot[q * hw] = sums[q];
+  }
+}
+
+// item = (b, y, x): adds the partial sums over chunks and groups in a fixed order and applies
+// the chain rule to the flow and gate gradients.
+template <typename T>
+__global__ void finalize_kernel(Inputs<T> p, const acc_t<T>* __restrict__ partials,
+                                int64_t chunks, T* __restrict__ grad_flow_high,
+                                T* __restrict__ grad_flow_low, T* __restrict__ grad_gate_high,
+                                T* __restrict__ grad_gate_low, GatedFusionArgs a) {
+  using A = acc_t<T>;
+  const int64_t H = a.high.h, W = a.high.w, hw = H * W, G = a.groups, B = a.high.n;
+  const auto slope = flow_warp_position<A>(0, 0, A(0), A(0), H, W, H, W, true);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B * hw;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t pix = i % hw, b = i / hw;
+    const int64_t x = pix % W, y = pix / W;
+    const auto gh = gate_at(p.gate_high, a.gate_high, b, y, x);
+    const auto gl = gate_at(p.gate_low, a.gate_low, b, y, x);
+    A value_high = A(0), value_low = A(0);
+    for (int64_t g = 0; g < G; ++g) {
+      A s[kFusionSums];
+#pragma unroll
+      for (int q = 0; q < kFusionSums; ++q) s[q] = A(0);
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const A* slot = partials + (((chunk * B + b) * G + g) * kFusionSums) * hw + pix;
+#pragma unroll
+        for (int q = 0; q < kFusionSums; ++q) s[q] += slot[q * hw];
+      }
+      const int64_t idx = (b * 2 * G + 2 * g) * hw + pix;
+      grad_flow_high[idx] = from_acc<T>(gh.scale * slope.dix_ddx * s[kHighDx]);
+      grad_flow_high[idx + hw] = from_acc<T>(gh.scale * slope.diy_ddy * s[kHighDy]);
+      grad_flow_low[idx] = from_acc<T>(gl.scale * slope.dix_ddx * s[kLowDx]);
+      grad_flow_low[idx + hw] = from_acc<T>(gl.scale * slope.diy_ddy * s[kLowDy]);
+      value_high += s[kHighValue];
+      value_low += s[kLowValue];
+    }
+    grad_gate_high[i] = from_acc<T>(gh.dscale * value_high);
+    grad_gate_low[i] = from_acc<T>(gl.dscale * value_low);
+  }
+}
+
+// item = (b, g, y, x): the plane pixel (row-major index) and gated weight of each of its taps.
+template <typename T, int kTaps>
+__global__ void tap_keys_kernel(Inputs<T> p, int64_t* __restrict__ keys,
+                                acc_t<T>* __restrict__ weights, GatedFusionArgs a) {
+  using A = acc_t<T>;
+  const int64_t H = a.high.h, W = a.high.w, hw = H * W;
+  const Strided4& plane = kTaps == 16 ? a.low : a.high;
+  const int64_t sentinel = plane.h * plane.w;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < a.high.n * a.groups * hw;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t x = i % W, y = (i / W) % H, g = (i / hw) % a.groups, b = i / (hw * a.groups);
+    int64_t offset[kTaps];
+    A weight[kTaps];
+    if constexpr (kTaps == 16) {
+      const auto t = low_taps(p, a, b, g, y, x, plane.w, int64_t(1));
+      const A scale = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
+#pragma unroll
+      for (int k = 0; k < 16; ++k) { offset[k] = t.offset[k]; weight[k] = scale * t.weight[k]; }
+    } else {
+      const auto t = high_taps(p, a, b, g, y, x, plane.w, int64_t(1));
+      const A scale = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) { offset[k] = t.offset[k]; weight[k] = scale * t.weight[k]; }
+    }
+#pragma unroll
+    for (int k = 0; k < kTaps; ++k) {
+      keys[kTaps * i + k] = weight[k] != A(0) ? offset[k] : sentinel;
+      weights[kTaps * i + k] = weight[k];
+    }
+  }
+}
+
+// item = (b, c, plane pixel q); its entries are order[bg][run_start[q] .. run_start[q + 1]).
+template <typename T>
+__global__ void gather_grad_kernel(const T* __restrict__ grad_out, Strided4 gs, int taps,
+                                   const int64_t* __restrict__ order,
+                                   const int64_t* __restrict__ run_start,
+                                   const acc_t<T>* __restrict__ weights, T* __restrict__ grad,
+                                   Strided4 ps, GatedFusionArgs a) {
+  using A = acc_t<T>;
+  const int64_t cg = ps.c / a.groups, W = a.high.w;
+  const int64_t plane_hw = ps.h * ps.w, entries = a.high.h * W * taps;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < ps.n * ps.c * plane_hw;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t q = i % plane_hw, c = (i / plane_hw) % ps.c, b = i / (plane_hw * ps.c);
+    const int64_t bg = b * a.groups + c / cg;
+    const int64_t* row_order = order + bg * entries;
+    const A* row_weights = weights + bg * entries;
+    const int64_t* runs = run_start + bg * (plane_hw + 1);
+    const T* go = grad_out + b * gs.sn + c * gs.sc;
+    A acc = A(0);
+    for (int64_t e = runs[q]; e < runs[q + 1]; ++e) {
+      const int64_t entry = row_order[e], pix = entry / taps;
+      acc += row_weights[entry] * to_acc(go[(pix / W) * gs.sh + (pix % W) * gs.sw]);
+    }
+    grad[b * ps.sn + c * ps.sc + (q / ps.w) * ps.sh + (q % ps.w) * ps.sw] = from_acc<T>(acc);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_gated_flow_fusion_forward(const GatedFusionInputs& in, void* out, Strided4 os,
+                                             const GatedFusionArgs& a, cudaStream_t stream) {
+  const int64_t cg = a.high.c / a.groups;
+  const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
+  const int64_t total = a.high.n * a.groups * chunks * a.high.h * a.high.w;
+  RTSEG_DISPATCH_DTYPE(a.dtype, T, {
+    forward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(Inputs<T>(in),
+                                                                  static_cast<T*>(out), os, a);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gated_flow_fusion_backward(const void* grad_out, Strided4 gs,
+                                              const GatedFusionInputs& in, void* partials,
+                                              void* grad_high_acc, void* grad_low_acc,
+                                              void* grad_flow_high, void* grad_flow_low,
+                                              void* grad_gate_high, void* grad_gate_low,
+                                              const GatedFusionArgs& a, cudaStream_t stream) {
+  const int64_t chunks = gated_flow_fusion_backward_chunks(a);
+  const int64_t hw = a.high.h * a.high.w;
+  const int64_t total = a.high.n * a.groups * chunks * hw;
+  const bool scatter = grad_high_acc != nullptr && grad_low_acc != nullptr;
+  RTSEG_DISPATCH_DTYPE(a.dtype, T, {
+    using A = acc_t<T>;
+    const Inputs<T> p(in);
+    const auto* go = static_cast<const T*>(grad_out);
+    auto* sums = static_cast<A*>(partials);
+    if (scatter) {
+      backward_kernel<T, true><<<blocks_for(total), kThreads, 0, stream>>>(
+          go, gs, p, sums, chunks, static_cast<A*>(grad_high_acc), static_cast<A*>(grad_low_acc),
+          a);
+    } else {
+      backward_kernel<T, false><<<blocks_for(total), kThreads, 0, stream>>>(
+          go, gs, p, sums, chunks, nullptr, nullptr, a);
+    }
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    finalize_kernel<T><<<blocks_for(a.high.n * hw), kThreads, 0, stream>>>(
+        p, sums, chunks, static_cast<T*>(grad_flow_high), static_cast<T*>(grad_flow_low),
+        static_cast<T*>(grad_gate_high), static_cast<T*>(grad_gate_low), a);
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gated_flow_fusion_tap_keys(const GatedFusionInputs& in, bool low_plane,
+                                              int64_t* keys, void* weights,
+                                              const GatedFusionArgs& a, cudaStream_t stream) {
+  const int64_t total = a.high.n * a.groups * a.high.h * a.high.w;
+  RTSEG_DISPATCH_DTYPE(a.dtype, T, {
+    auto* w = static_cast<acc_t<T>*>(weights);
+    if (low_plane) {
+      tap_keys_kernel<T, 16><<<blocks_for(total), kThreads, 0, stream>>>(Inputs<T>(in), keys, w,
+                                                                          a);
+    } else {
+      tap_keys_kernel<T, 4><<<blocks_for(total), kThreads, 0, stream>>>(Inputs<T>(in), keys, w,
+                                                                         a);
+    }
+  });
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gated_flow_fusion_gather_grad(const void* grad_out, Strided4 gs,
+                                                 bool low_plane, const int64_t* order,
+                                                 const int64_t* run_start, const void* weights,
+                                                 void* grad_plane, Strided4 ps,
+                                                 const GatedFusionArgs& a,
+                                                 cudaStream_t stream) {
+  const int64_t total = ps.n * ps.c * ps.h * ps.w;
+  RTSEG_DISPATCH_DTYPE(a.dtype, T, {
+    gather_grad_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
+        static_cast<const T*>(grad_out), gs, gated_flow_fusion_taps(low_plane), order, run_start,
+        static_cast<const acc_t<T>*>(weights), static_cast<T*>(grad_plane), ps, a);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace rtseg

@@ -20,11 +20,17 @@ constexpr int64_t kTile = 512;        // pixels per task
 constexpr int64_t kMaxPartials = 8;   // dK/dV partial sums per batch item (fixed: deterministic)
 
 struct Tiles {
-  int64_t per_batch, partials, per_partial;
-  explicit Tiles(int64_t N) {
+  int64_t per_batch, partials, per_partial, tile_macs;
+  Tiles(int64_t N, int64_t M, int64_t Ck, int64_t Cv) {
     per_batch = (N + kTile - 1) / kTile;
     partials = std::min(per_batch, kMaxPartials);
     per_partial = (per_batch + partials - 1) / partials;
+    tile_macs = std::min(kTile, N) * M * (Ck + Cv);
+  }
+  // Tasks per parallel chunk, so that small calls run inline instead of waking the thread pool.
+  int64_t grain(int64_t tiles_per_task) const {
+    return std::max<int64_t>(
+        1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, tiles_per_task * tile_macs));
   }
 };
 
@@ -88,9 +94,9 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   auto lse = at::empty({B, N}, query.options().dtype(lse_dtype(query)));
   if (out.numel() == 0) return {out, lse};
   const at::Tensor q = pixels(query), o = pixels(out);
-  const Tiles tiles(N);
+  const Tiles tiles(N, M, query.size(1), Cv);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_cpu", [&] {
-    at::parallel_for(0, B * tiles.per_batch, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * tiles.per_batch, tiles.grain(1), [&](int64_t begin, int64_t end) {
       // The tiles' ATen calls run below autograd (the inputs may require grad); the guard is
       // thread-local, so every worker sets it.
       at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -136,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
   if (B == 0 || N == 0) {
     return {grad_query.zero_(), at::zeros_like(key), at::zeros_like(value)};
   }
-  const Tiles tiles(N);
+  const Tiles tiles(N, M, Ck, Cv);
   // Each partial sums a fixed run of tiles; the partials are summed in order afterwards.
   auto grad_key_parts = at::empty({B, tiles.partials, Ck, M}, key.options());
   auto grad_value_parts = at::empty({B, tiles.partials, Cv, M}, value.options());
@@ -144,7 +150,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
   const at::Tensor go = pixels(dense(grad_output)), q = pixels(query);
   const at::Tensor gq = pixels(grad_query), lse_dense = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_backward_cpu", [&] {
-    at::parallel_for(0, B * tiles.partials, 1, [&](int64_t begin, int64_t end) {
+    const int64_t grain = tiles.grain(tiles.per_partial);
+    at::parallel_for(0, B * tiles.partials, grain, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       auto probs = at::empty({kTile, M}, query.options());
       auto grad_logits = at::empty({kTile, M}, query.options());

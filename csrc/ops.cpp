@@ -39,4 +39,12 @@ TORCH_LIBRARY(rtseg, m) {
         "str? activation) -> Tensor");
   m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
         "bool normalize, float eps, str? activation) -> (Tensor[], Tensor)");
+  m.def("pyramid_pool(Tensor x, int[] grids, bool keep_aspect_ratio, bool cascade) -> Tensor");
+  m.def("pyramid_pool_backward(Tensor grad_output, Tensor x, int[] grids, "
+        "bool keep_aspect_ratio, bool cascade) -> Tensor");
+  // Returns (output, lse): the per-pixel log-sum-exp of the logits, kept for the backward.
+  m.def("pixel_context_attention(Tensor query, Tensor key, Tensor value, float scale) "
+        "-> (Tensor, Tensor)");
+  m.def("pixel_context_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
+        "Tensor value, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
 }

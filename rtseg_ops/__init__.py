@@ -10,6 +10,8 @@ from ._backend import backend_table, extension_loaded
 from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .pixel_context_attention import PixelContextAttention, pixel_context_attention
+from .pyramid_pool import PyramidPool, pyramid_pool
 from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 
@@ -21,4 +23,6 @@ __all__ = [
     "scalar_weighted_sum", "ScalarWeightedSum",
     "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
     "scalar_weighted_sum", "ScalarWeightedSum",
+    "pyramid_pool", "PyramidPool",
+    "pixel_context_attention", "PixelContextAttention",
 ]

@@ -48,10 +48,12 @@ def pyramid_pool(x, grids=(1, 2, 3, 6), keep_aspect_ratio=True, cascade=True):
 
 
 def pixel_context_attention(query, key, value, scale=1.0):
-    """ops.md section 3: every pixel's query attends over M context vectors (softmax in fp32)."""
+    """ops.md section 3: every pixel's query attends over M context vectors (softmax in fp32,
+    or in float64 for float64 inputs)."""
     B, Ck, H, W = query.shape
     q = query.flatten(2).transpose(1, 2)                      # (B, N, Ck)
-    logits = torch.bmm(q, key).float() * scale                # (B, N, M)
+    logits = torch.bmm(q, key)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) * scale  # (B, N, M)
     probs = logits.softmax(dim=-1).to(value.dtype)
     out = torch.bmm(value, probs.transpose(1, 2))             # (B, Cv, N)
     return out.reshape(B, value.shape[1], H, W)

@@ -1,0 +1,64 @@
+// Torch glue of the pyramid_pool CUDA kernels: argument checks, level geometry, device guard,
+// stream and allocation.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cuda/glue_utils.h"
+#include "cuda/pyramid_pool.cuh"
+#include "pyramid_pool.h"
+
+namespace rtseg {
+namespace {
+
+// The geometry's index maps on x's device. Staged through pinned memory so that the copy is
+// asynchronous (no stream synchronisation); the caching host allocator keeps the pinned block
+// until the copy has run, and pin_memory() copies the vector, which may then go.
+at::Tensor device_maps(const PyramidGeometry& geo, const at::Tensor& x) {
+  auto host = at::from_blob(const_cast<int32_t*>(geo.maps.data()),
+                            {static_cast<int64_t>(geo.maps.size())}, at::kInt);
+  return host.pin_memory().to(x.options().dtype(at::kInt), /*non_blocking=*/true);
+}
+
+at::Tensor pyramid_pool_cuda(const at::Tensor& x, at::IntArrayRef grids, bool keep_aspect_ratio,
+                             bool cascade) {
+  check_pyramid_pool_input(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto geo = pyramid_geometry(x.size(2), x.size(3), grids, keep_aspect_ratio, cascade);
+  auto out = at::empty({x.size(0), x.size(1), geo.plan.out_total}, x.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor maps = device_maps(geo, x);
+  check_launch(launch_pyramid_pool_forward(x.const_data_ptr(), maps.const_data_ptr<int32_t>(),
+                                           out.mutable_data_ptr(),
+                                           {strided4(x), geo.plan, to_dtype(x, "x")},
+                                           current_stream()),
+               "pyramid_pool");
+  return out;
+}
+
+at::Tensor pyramid_pool_backward_cuda(const at::Tensor& grad_output, const at::Tensor& x,
+                                      at::IntArrayRef grids, bool keep_aspect_ratio,
+                                      bool cascade) {
+  check_pyramid_pool_input(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto geo = pyramid_geometry(x.size(2), x.size(3), grids, keep_aspect_ratio, cascade);
+  check_pyramid_pool_grad(grad_output, x, geo.plan);
+  auto grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
+  if (grad_x.numel() == 0) return grad_x;
+  const at::Tensor maps = device_maps(geo, x);
+  check_launch(launch_pyramid_pool_backward(
+                   grad_output.const_data_ptr(), grad_output.stride(0), grad_output.stride(1),
+                   grad_output.stride(2), maps.const_data_ptr<int32_t>(),
+                   grad_x.mutable_data_ptr(), {strided4(grad_x), geo.plan, to_dtype(x, "x")},
+                   current_stream()),
+               "pyramid_pool_backward");
+  return grad_x;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+  m.impl("pyramid_pool", &pyramid_pool_cuda);
+  m.impl("pyramid_pool_backward", &pyramid_pool_backward_cuda);
+}
+
+}  // namespace rtseg

@@ -16,14 +16,19 @@ TORCH_LIBRARY(rtseg, m) {
         "bool align_corners) -> Tensor");
   m.def("grouped_flow_warp_backward(Tensor grad_output, Tensor input, Tensor flow, int groups, "
         "str padding_mode, bool align_corners) -> (Tensor, Tensor)");
+  m.def("pyramid_pool(Tensor x, int[] grids, bool keep_aspect_ratio, bool cascade) -> Tensor");
+  m.def("pyramid_pool_backward(Tensor grad_output, Tensor x, int[] grids, "
+        "bool keep_aspect_ratio, bool cascade) -> Tensor");
+  // Returns (output, lse): the per-pixel log-sum-exp of the logits, kept for the backward.
+  m.def("pixel_context_attention(Tensor query, Tensor key, Tensor value, float scale) "
+        "-> (Tensor, Tensor)");
+  m.def("pixel_context_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
+        "Tensor value, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
   m.def("gated_flow_fusion(Tensor high, Tensor low, Tensor flow_high, Tensor flow_low, "
         "Tensor gate_high, Tensor gate_low, int groups) -> Tensor");
   m.def("gated_flow_fusion_backward(Tensor grad_output, Tensor high, Tensor low, "
         "Tensor flow_high, Tensor flow_low, Tensor gate_high, Tensor gate_low, int groups) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
-  m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
-        "bool count_include_pad) -> Tensor");
   m.def("scalar_weighted_sum(Tensor[] inputs, Tensor weights, bool normalize, float eps, "
         "str? activation) -> Tensor");
   m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
@@ -35,16 +40,7 @@ TORCH_LIBRARY(rtseg, m) {
         "Tensor weight_h, int dilation, Tensor? scale_v, Tensor? shift_v, Tensor? prelu_v, "
         "Tensor? scale_h, Tensor? shift_h, Tensor? prelu_h, str order) -> (Tensor, Tensor, "
         "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("scalar_weighted_sum(Tensor[] inputs, Tensor weights, bool normalize, float eps, "
-        "str? activation) -> Tensor");
-  m.def("scalar_weighted_sum_backward(Tensor grad_output, Tensor[] inputs, Tensor weights, "
-        "bool normalize, float eps, str? activation) -> (Tensor[], Tensor)");
-  m.def("pyramid_pool(Tensor x, int[] grids, bool keep_aspect_ratio, bool cascade) -> Tensor");
-  m.def("pyramid_pool_backward(Tensor grad_output, Tensor x, int[] grids, "
-        "bool keep_aspect_ratio, bool cascade) -> Tensor");
-  // Returns (output, lse): the per-pixel log-sum-exp of the logits, kept for the backward.
-  m.def("pixel_context_attention(Tensor query, Tensor key, Tensor value, float scale) "
-        "-> (Tensor, Tensor)");
-  m.def("pixel_context_attention_backward(Tensor grad_output, Tensor query, Tensor key, "
-        "Tensor value, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+  m.def("spatial_aware_pool(Tensor x, int levels, bool count_include_pad) -> Tensor[]");
+  m.def("spatial_aware_pool_backward(Tensor[] grad_outputs, Tensor x, int levels, "
+        "bool count_include_pad) -> Tensor");
 }

@@ -7,13 +7,13 @@ says which implementation each op runs on each device in this build.
 """
 from . import reference
 from ._backend import backend_table, extension_loaded
-from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
+from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
 from .pixel_context_attention import PixelContextAttention, pixel_context_attention
 from .pyramid_pool import PyramidPool, pyramid_pool
-from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
+from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
     "reference", "backend_table", "extension_loaded",
@@ -22,7 +22,6 @@ __all__ = [
     "spatial_aware_pool", "SpatialAwarePool",
     "scalar_weighted_sum", "ScalarWeightedSum",
     "factorized_dw_conv", "fold_batchnorm", "FactorizedDWConv",
-    "scalar_weighted_sum", "ScalarWeightedSum",
     "pyramid_pool", "PyramidPool",
     "pixel_context_attention", "PixelContextAttention",
 ]

@@ -1,6 +1,7 @@
 #pragma once
 // Torch-side helpers shared by the CPU kernels and the CUDA glue (never included by .cu files).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <string>
 
 #include "common/bilinear.h"
@@ -11,6 +12,13 @@ namespace rtseg {
 inline Strided4 strided4(const at::Tensor& t) {
   return {t.size(0), t.size(1), t.size(2), t.size(3),
           t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// at::parallel_for grain for tasks of `work_per_task` element updates: each chunk gets at least
+// `min_work`, so that small calls (gradcheck's, small maps) run inline instead of waking the
+// thread pool, which costs milliseconds on a loaded machine.
+inline int64_t grain_for(int64_t work_per_task, int64_t min_work = at::internal::GRAIN_SIZE) {
+  return std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_task));
 }
 
 // Element type for the CUDA launchers (which see no torch types).

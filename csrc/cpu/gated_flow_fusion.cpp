@@ -13,12 +13,6 @@
 namespace rtseg {
 namespace {
 
-// Tasks per thread so that each chunk of a parallel loop does at least this many pixel-channel
-// updates: small calls (gradcheck's) then run inline instead of waking threads.
-constexpr int64_t kMinWorkPerChunk = 32768;
-int64_t grain_for(int64_t work_per_task) {
-  return std::max<int64_t>(1, kMinWorkPerChunk / std::max<int64_t>(1, work_per_task));
-}
 
 template <typename T> struct FusionArgs {
   const T *high, *low, *flow_high, *flow_low, *gate_high, *gate_low;

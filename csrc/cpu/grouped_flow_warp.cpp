@@ -10,11 +10,6 @@
 namespace rtseg {
 namespace {
 
-// Tasks per thread chunk so that small calls run inline instead of waking the thread pool.
-int64_t grain_for(int64_t work_per_task) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_task));
-}
-
 template <typename T>
 void taps_for_row(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
                   const Strided4& in, bool align_corners, Padding padding,

@@ -29,8 +29,7 @@ struct Tiles {
   }
   // Tasks per parallel chunk, so that small calls run inline instead of waking the thread pool.
   int64_t grain(int64_t tiles_per_task) const {
-    return std::max<int64_t>(
-        1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, tiles_per_task * tile_macs));
+    return grain_for(tiles_per_task * tile_macs);
   }
 };
 

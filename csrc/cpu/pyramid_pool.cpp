@@ -30,12 +30,6 @@ struct Bins {
   }
 };
 
-// Planes per parallel task: small planes are batched so that small calls run inline instead of
-// waking the thread pool (which costs milliseconds on a loaded machine).
-int64_t plane_grain(const Strided4& xs) {
-  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, xs.h * xs.w));
-}
-
 template <typename T>
 void forward(const T* x, Strided4 xs, T* out, const PyramidPlan& p, const int32_t* maps) {
   using A = acc_t<T>;
@@ -43,7 +37,7 @@ void forward(const T* x, Strided4 xs, T* out, const PyramidPlan& p, const int32_
   const int32_t* xmap = maps + xs.h + 1;
   const int32_t* col_starts = maps + xs.h + xs.w + 2 + p.atoms_h + 1;
   const Bins bins(p, ymap, xmap);
-  at::parallel_for(0, xs.n * xs.c, plane_grain(xs), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, xs.n * xs.c, grain_for(xs.h * xs.w), [&](int64_t begin, int64_t end) {
     std::vector<A> colsum(xs.w), atoms(p.atoms_h * p.atoms_w), values(p.total);
     for (int64_t plane = begin; plane < end; ++plane) {
       const T* in = x + (plane / xs.c) * xs.sn + (plane % xs.c) * xs.sc;
@@ -102,7 +96,7 @@ void backward(const T* grad_out, int64_t gs_n, int64_t gs_c, int64_t gs_m, T* gr
         for (int64_t c = b.c0; c < b.c1; ++c) cells[r * cw + c] += g;
     }
   };
-  at::parallel_for(0, xs.n * xs.c, plane_grain(xs), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, xs.n * xs.c, grain_for(xs.h * xs.w), [&](int64_t begin, int64_t end) {
     std::vector<A> grads(p.total), atoms(p.atoms_h * p.atoms_w);
     std::vector<T> row_grad(xs.w);
     for (int64_t plane = begin; plane < end; ++plane) {

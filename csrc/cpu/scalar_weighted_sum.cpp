@@ -25,9 +25,6 @@ constexpr int64_t kMaxInputs = 4;
 // inline instead of paying for waking the thread pool.
 constexpr int64_t kMinTaskElements = 1 << 17;
 
-int64_t plane_grain(int64_t H, int64_t W) {
-  return std::max<int64_t>(1, kMinTaskElements / std::max<int64_t>(1, H * W));
-}
 
 void check_args(at::TensorList inputs, const at::Tensor& weights,
                 const std::optional<c10::string_view>& activation) {
@@ -175,7 +172,7 @@ template <typename T>
 void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
              const std::vector<acc_t<T>>& w, bool swish, T* out, Strided4 os) {
   using A = acc_t<T>;
-  at::parallel_for(0, os.n * os.c, plane_grain(os.h, os.w), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, os.n * os.c, grain_for(os.h * os.w, kMinTaskElements), [&](int64_t begin, int64_t end) {
     std::vector<A> acc(os.w);
     for (int64_t plane = begin; plane < end; ++plane) {
       const int64_t b = plane / os.c, c = plane % os.c;
@@ -206,7 +203,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
   using A = acc_t<T>;
   const int64_t n = static_cast<int64_t>(plans.size());
   const int64_t H = gs.h, W = gs.w;
-  at::parallel_for(0, gs.n * gs.c, plane_grain(H, W), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gs.n * gs.c, grain_for(H * W, kMinTaskElements), [&](int64_t begin, int64_t end) {
     std::vector<std::vector<A>> resized(n, std::vector<A>(W));
     std::vector<std::vector<A>> pooled_grad(n);
     std::vector<A> sum(W), g_sum(W);  // the weighted sum, and the gradient before the activation

@@ -4,9 +4,13 @@ An op is tested through a pair of callables with the same signature, the public 
 reference from rtseg_ops.reference; inputs are built per case by the op's test module.
 """
 import contextlib
+import warnings
 
 import pytest
 import torch
+
+import rtseg_ops
+from rtseg_ops import _backend
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Half-precision dtypes are GPU-only (ops.md, common rules).
@@ -174,3 +178,21 @@ def check_deterministic(fn, args, kwargs=None):
         _, second = forward_and_grads(fn, args, kwargs, gos)
     for i, (a, b) in enumerate(zip(first, second)):
         assert a is not None and torch.equal(a, b), f"grad of input {i} differs between runs"
+
+
+def check_reference_fallback(monkeypatch, name, op, ref, args):
+    """With op `name`'s CPU kernel marked missing, the public function warns once, naming the op,
+    and returns the reference's result."""
+    monkeypatch.setitem(_backend._AVAILABLE, (name, "cpu"), False)
+    monkeypatch.setattr(_backend, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match=f"{name}.*reference"):
+        out = op(*args)
+    torch.testing.assert_close(out, ref(*args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        op(*args)
+
+
+def backend_row(name):
+    """Op `name`'s row of rtseg_ops.backend_table()."""
+    return next(r for r in rtseg_ops.backend_table() if r["op"] == name)

@@ -1,14 +1,13 @@
-import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.factorized_dw_conv
 ref = reference.factorized_dw_conv
@@ -264,19 +263,11 @@ def test_cuda_fbsnet_shapes(order, layout):
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("factorized_dw_conv", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    args = make_inputs()
-    with pytest.warns(RuntimeWarning, match="factorized_dw_conv.*reference"):
-        out = op(*args)
-    torch.testing.assert_close(out, ref(*args))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(*args)
+    check_reference_fallback(monkeypatch, "factorized_dw_conv", op, ref, make_inputs())
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "factorized_dw_conv")
+    row = backend_row("factorized_dw_conv")
     assert row["cpu"] == "C++"
 
 

@@ -1,14 +1,13 @@
-import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.gated_flow_fusion
 ref = reference.gated_flow_fusion
@@ -205,19 +204,11 @@ def test_cuda_csfcn_shape():
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("gated_flow_fusion", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    args = make_inputs()
-    with pytest.warns(RuntimeWarning, match="gated_flow_fusion.*reference"):
-        out = op(*args, 2)
-    torch.testing.assert_close(out, ref(*args, 2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(*args, 2)
+    check_reference_fallback(monkeypatch, "gated_flow_fusion", op, ref, (*make_inputs(), 2))
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "gated_flow_fusion")
+    row = backend_row("gated_flow_fusion")
     assert row["cpu"] == "C++"
     assert row["cuda"] == ("CUDA" if torch.cuda.is_available() else row["cuda"])
 

@@ -1,14 +1,13 @@
 import itertools
-import warnings
 
 import pytest
 import torch
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.grouped_flow_warp
 ref = reference.grouped_flow_warp
@@ -161,19 +160,11 @@ def test_cuda_large_groups_and_channels():
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("grouped_flow_warp", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    x, flow = make_inputs()
-    with pytest.warns(RuntimeWarning, match="grouped_flow_warp.*reference"):
-        out = op(x, flow, 2)
-    torch.testing.assert_close(out, ref(x, flow, 2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(x, flow, 2)
+    check_reference_fallback(monkeypatch, "grouped_flow_warp", op, ref, (*make_inputs(), 2))
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "grouped_flow_warp")
+    row = backend_row("grouped_flow_warp")
     assert row["cpu"] == "C++"
     assert row["cuda"] == ("CUDA" if torch.cuda.is_available() else row["cuda"])
 

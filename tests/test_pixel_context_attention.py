@@ -1,13 +1,12 @@
-import warnings
 
 import pytest
 import torch
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.pixel_context_attention
 ref = reference.pixel_context_attention
@@ -204,19 +203,11 @@ def test_cuda_csfcn_shape():
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("pixel_context_attention", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    args = make_inputs()
-    with pytest.warns(RuntimeWarning, match="pixel_context_attention.*reference"):
-        out = op(*args)
-    torch.testing.assert_close(out, ref(*args))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(*args)
+    check_reference_fallback(monkeypatch, "pixel_context_attention", op, ref, make_inputs())
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "pixel_context_attention")
+    row = backend_row("pixel_context_attention")
     assert row["cpu"] == "C++"
     assert row["cuda"] == ("Triton" if triton_kernels is not None else "reference")
 

@@ -1,13 +1,12 @@
-import warnings
 
 import pytest
 import torch
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.pyramid_pool
 ref = reference.pyramid_pool
@@ -134,19 +133,11 @@ def test_cuda_large(cascade):
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("pyramid_pool", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    x = make_input()
-    with pytest.warns(RuntimeWarning, match="pyramid_pool.*reference"):
-        out = op(x)
-    torch.testing.assert_close(out, ref(x))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(x)
+    check_reference_fallback(monkeypatch, "pyramid_pool", op, ref, (make_input(),))
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "pyramid_pool")
+    row = backend_row("pyramid_pool")
     assert row["cpu"] == "C++"
 
 

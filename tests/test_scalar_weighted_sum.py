@@ -1,13 +1,12 @@
-import warnings
 
 import pytest
 import torch
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from rtseg_ops import reference
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 
 # The harness passes tensors as top-level arguments; these spread the input list out:
@@ -234,19 +233,11 @@ def test_cuda_float32(name):
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("scalar_weighted_sum", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    args = make_inputs(SIZES["smaller by 2"])
-    with pytest.warns(RuntimeWarning, match="scalar_weighted_sum.*reference"):
-        out = op(*args)
-    torch.testing.assert_close(out, ref(*args))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(*args)
+    check_reference_fallback(monkeypatch, "scalar_weighted_sum", op, ref, make_inputs(SIZES["smaller by 2"]))
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "scalar_weighted_sum")
+    row = backend_row("scalar_weighted_sum")
     assert row["cpu"] == "C++"
     assert row["cuda"] == "Triton"  # registered whenever triton imports, GPU or not
 

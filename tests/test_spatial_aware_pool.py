@@ -1,16 +1,15 @@
 import os
 import subprocess
-import warnings
 
 import pytest
 import torch
 
 import rtseg_ops
-from rtseg_ops import _backend, reference
+from rtseg_ops import reference
 import cuda_emulation
-from op_harness import (DEVICES, GPU_LOW_PRECISION, check_against_reference, check_compile,
-                        check_deterministic, check_gradcheck, check_low_precision, check_opcheck,
-                        requires_cuda, to_layout)
+from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
+                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.spatial_aware_pool
 ref = reference.spatial_aware_pool
@@ -183,20 +182,11 @@ def test_cuda_large(layout):
 
 
 def test_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setitem(_backend._AVAILABLE, ("spatial_aware_pool", "cpu"), False)
-    monkeypatch.setattr(_backend, "_WARNED", set())
-    x = make_inputs()
-    with pytest.warns(RuntimeWarning, match="spatial_aware_pool.*reference"):
-        outs = op(x, 3)
-    for o, e in zip(outs, ref(x, 3)):
-        torch.testing.assert_close(o, e)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        op(x, 3)
+    check_reference_fallback(monkeypatch, "spatial_aware_pool", op, ref, (make_inputs(), 3))
 
 
 def test_backend_table_lists_op():
-    row = next(r for r in rtseg_ops.backend_table() if r["op"] == "spatial_aware_pool")
+    row = backend_row("spatial_aware_pool")
     assert row["cpu"] == "C++"
     assert row["cuda"] == ("CUDA" if torch.cuda.is_available() else row["cuda"])
 

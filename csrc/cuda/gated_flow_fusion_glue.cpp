@@ -55,15 +55,11 @@ at::Tensor gather_plane_grad(const at::Tensor& grad_output, const at::Tensor& pl
   check_launch(launch_gated_flow_fusion_tap_keys(in, low_plane, keys.mutable_data_ptr<int64_t>(),
                                                  weights.mutable_data_ptr(), args, stream),
                "gated_flow_fusion_backward");
-  auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/1, /*descending=*/false);
-  const at::Tensor sorted_keys = std::get<0>(sorted).contiguous();
-  const at::Tensor order = std::get<1>(sorted).contiguous();
-  auto pixels = at::arange(plane_hw + 1, keys.options()).expand({rows, plane_hw + 1}).contiguous();
-  auto run_start = at::searchsorted(sorted_keys, pixels).contiguous();
+  const SortedRuns runs = sort_into_runs(keys, plane_hw);
   auto grad = at::empty_like(plane);
   check_launch(launch_gated_flow_fusion_gather_grad(
                    grad_output.const_data_ptr(), strided4(grad_output), low_plane,
-                   order.const_data_ptr<int64_t>(), run_start.const_data_ptr<int64_t>(),
+                   runs.order.const_data_ptr<int64_t>(), runs.run_start.const_data_ptr<int64_t>(),
                    weights.const_data_ptr(), grad.mutable_data_ptr(), strided4(grad), args,
                    stream),
                "gated_flow_fusion_backward");

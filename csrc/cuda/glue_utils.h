@@ -1,5 +1,6 @@
 #pragma once
 // Torch-side helpers of the CUDA glue files (built only against a CUDA build of torch).
+#include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
@@ -15,6 +16,24 @@ inline void check_launch(cudaError_t err, const char* op) {
 // Scattered gradients accumulate in float32 (float64 for float64 tensors).
 inline at::ScalarType accumulation_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The deterministic backward of a scatter: `keys` (rows, entries) names the target each entry
+// adds to (targets in [0, num_targets); num_targets marks an unused entry). Returns each row's
+// entries stably sorted by target (`order`) and where each target's run of them starts
+// (`run_start`, (rows, num_targets + 1)), so a gather kernel can sum every target's entries in a
+// fixed order, without atomics.
+struct SortedRuns {
+  at::Tensor order, run_start;
+};
+inline SortedRuns sort_into_runs(const at::Tensor& keys, int64_t num_targets) {
+  auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/1, /*descending=*/false);
+  const at::Tensor sorted_keys = std::get<0>(sorted).contiguous();
+  const int64_t rows = keys.size(0);
+  auto targets =
+      at::arange(num_targets + 1, keys.options()).expand({rows, num_targets + 1}).contiguous();
+  return {std::get<1>(sorted).contiguous(),
+          at::searchsorted(sorted_keys, targets).contiguous()};
 }
 
 }  // namespace rtseg

@@ -68,15 +68,11 @@ std::tuple<at::Tensor, at::Tensor> grouped_flow_warp_backward_cuda(
                                                     keys.mutable_data_ptr<int64_t>(),
                                                     weights.mutable_data_ptr(), args, stream),
                "grouped_flow_warp_backward");
-  auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/1, /*descending=*/false);
-  const at::Tensor& sorted_keys = std::get<0>(sorted);
-  const at::Tensor order = std::get<1>(sorted).contiguous();
-  auto pixels = at::arange(in_hw + 1, keys.options()).expand({rows, in_hw + 1}).contiguous();
-  auto run_start = at::searchsorted(sorted_keys.contiguous(), pixels).contiguous();
+  const SortedRuns runs = sort_into_runs(keys, in_hw);
   auto grad_input = at::empty_like(input);
   check_launch(launch_grouped_flow_warp_gather_grad_input(
                    grad_output.const_data_ptr(), strided4(grad_output),
-                   order.const_data_ptr<int64_t>(), run_start.const_data_ptr<int64_t>(),
+                   runs.order.const_data_ptr<int64_t>(), runs.run_start.const_data_ptr<int64_t>(),
                    weights.const_data_ptr(), grad_input.mutable_data_ptr(), args, stream),
                "grouped_flow_warp_backward");
   return {grad_input, grad_flow};

@@ -1,4 +1,4 @@
-# make test   : set up the environment, build, run every test, then `make cuda-check` if nvcc exists
+# make test   : set up the environment, build, `make cuda-check` if nvcc exists, then every test
 # make bench  : set up, build, run the benchmarks and print the speedup table
 # make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed) and,
 #                   with a CPU-only torch, syntax-check every CUDA glue file against stub headers
@@ -37,10 +37,11 @@ build: env
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
 	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
 
+# cuda-check first, so that pytest's summary is the run's closing line.
 test: build
-	$(PYTHON) -m pytest tests -q -ra
 	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; \
 	else echo "[make] nvcc not found: skipping cuda-check"; fi
+	$(PYTHON) -m pytest tests -q -ra
 
 cuda-check:
 	@test -n "$(NVCC)" || { echo "cuda-check needs nvcc"; exit 1; }

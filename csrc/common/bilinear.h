@@ -4,6 +4,7 @@
 #include "common/core.h"
 
 #include <cmath>
+#include <type_traits>
 
 namespace rtseg {
 
@@ -96,14 +97,32 @@ RTSEG_UNROLL
 
 // Weighted sum of the used corners; load(offset) reads one. Unused corners are skipped rather
 // than multiplied by 0, so an inf or nan stored at offset 0 never leaks in (as in grid_sample).
-template <typename T, typename Load>
-RTSEG_HD T interpolate(const BilinearTaps<T>& taps, Load load) {
+// Taps is BilinearTaps<T> or SampleTaps<T>.
+template <typename Taps, typename Load>
+RTSEG_HD auto interpolate(const Taps& taps, Load load)
+    -> std::remove_cv_t<std::remove_reference_t<decltype(taps.weight[0])>> {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(taps.weight[0])>>;
   T v = T(0);
   RTSEG_UNROLL
   for (int k = 0; k < 4; ++k) {
     if (taps.weight[k] != T(0)) v += taps.weight[k] * load(taps.offset[k]);
   }
   return v;
+}
+
+// The part of BilinearTaps a forward pass reads: a third of its size, for per-row buffers.
+template <typename T> struct SampleTaps {
+  int64_t offset[4];
+  T weight[4];
+};
+template <typename T> RTSEG_HD SampleTaps<T> sample_taps(const BilinearTaps<T>& t) {
+  SampleTaps<T> s;
+  RTSEG_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    s.offset[k] = t.offset[k];
+    s.weight[k] = t.weight[k];
+  }
+  return s;
 }
 
 // Whether corner k lies inside the plane. A corner can be inside with weight 0 (an exact grid

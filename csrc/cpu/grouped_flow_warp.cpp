@@ -10,16 +10,21 @@
 namespace rtseg {
 namespace {
 
-template <typename T>
+// Taps is BilinearTaps<T> (backward) or the smaller SampleTaps<T> (forward).
+template <typename T, typename Taps>
 void taps_for_row(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
-                  const Strided4& in, bool align_corners, Padding padding,
-                  BilinearTaps<T>* taps) {
+                  const Strided4& in, bool align_corners, Padding padding, Taps* taps) {
   const T* dx = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
   const T* dy = dx + fs.sc;
   for (int64_t x = 0; x < fs.w; ++x) {
     const auto pos = flow_warp_position<T>(x, y, dx[x * fs.sw], dy[x * fs.sw], fs.h, fs.w, in.h,
                                            in.w, align_corners);
-    taps[x] = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
+    const auto full = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
+    if constexpr (std::is_same_v<Taps, SampleTaps<T>>) {
+      taps[x] = sample_taps(full);
+    } else {
+      taps[x] = full;
+    }
   }
 }
 
@@ -28,7 +33,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
              int64_t groups, Padding padding, bool align_corners) {
   const int64_t cg = in.c / groups;
   at::parallel_for(0, in.n * groups * fs.h, grain_for(cg * fs.w), [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTaps<T>> taps(fs.w);
+    std::vector<SampleTaps<T>> taps(fs.w);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % fs.h, g = (task / fs.h) % groups, b = task / (fs.h * groups);
       taps_for_row(flow, fs, b, g, y, in, align_corners, padding, taps.data());

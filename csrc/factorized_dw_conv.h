@@ -72,6 +72,15 @@ struct DWStageTensors {
   }
 };
 
+// Both stages' tensors, handed to the kernels in kernel order: (v, h), or (h, v) for order "hv".
+struct DWStages {
+  DWStageTensors v, h;
+  bool hv;
+
+  DWStagePtrs first() const { return hv ? h.ptrs() : v.ptrs(); }
+  DWStagePtrs second() const { return hv ? v.ptrs() : h.ptrs(); }
+};
+
 // The kernels compute order "vh"; "hv" runs them on H/W-transposed views of every tensor.
 inline Strided4 factorized_dw_view(const at::Tensor& t, bool hv) {
   return hv ? transpose_hw(strided4(t)) : strided4(t);

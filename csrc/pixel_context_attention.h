@@ -6,11 +6,6 @@
 
 namespace rtseg {
 
-// The log-sum-exp is float32, or float64 for float64 inputs.
-inline at::ScalarType lse_dtype(const at::Tensor& query) {
-  return query.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 inline void check_pixel_context_attention_args(const at::Tensor& query, const at::Tensor& key,
                                                const at::Tensor& value) {
   check_dim(query, 4, "query");
@@ -43,8 +38,8 @@ inline void check_pixel_context_attention_grad(const at::Tensor& grad_output,
   check_dim(lse, 2, "lse");
   TORCH_CHECK(lse.size(0) == B && lse.size(1) == H * W, "lse: expected shape [", B, ", ", H * W,
               "], got ", lse.sizes());
-  TORCH_CHECK(lse.device() == query.device() && lse.scalar_type() == lse_dtype(query),
-              "lse: expected ", lse_dtype(query), " on ", query.device(), ", got ",
+  TORCH_CHECK(lse.device() == query.device() && lse.scalar_type() == accumulation_type(query),
+              "lse: expected ", accumulation_type(query), " on ", query.device(), ", got ",
               lse.scalar_type(), " on ", lse.device());
 }
 

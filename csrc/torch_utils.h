@@ -21,6 +21,12 @@ inline int64_t grain_for(int64_t work_per_task, int64_t min_work = at::internal:
   return std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_task));
 }
 
+// Accumulation buffers (scattered gradients, partial sums, log-sum-exp) are float32, or float64
+// for float64 tensors.
+inline at::ScalarType accumulation_type(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // Element type for the CUDA launchers (which see no torch types).
 inline DType to_dtype(const at::Tensor& t, const char* name) {
   switch (t.scalar_type()) {

@@ -353,14 +353,14 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
                                            prelu_v, scale_h, shift_h, prelu_h, order);
   auto out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   if (out.numel() == 0) return out;
-  const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
-                                                                 prelu_h);
+  const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
+                        {weight_h, scale_h, shift_h, prelu_h}, hv};
   auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_cpu", [&] {
     auto kernel = x.stride(1) == 1 && x.size(1) > 1 ? forward_channels_last<scalar_t>
                                                     : forward<scalar_t>;
     kernel(x.const_data_ptr<scalar_t>(), view(x), out.mutable_data_ptr<scalar_t>(), view(out),
-           dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs());
+           dilation, stages.first(), stages.second());
   });
   return out;
 }
@@ -375,9 +375,9 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
   check_factorized_dw_grad(grad_output, x);
   const int64_t B = x.size(0), C = x.size(1);
   auto grad_x = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
-  const auto acc_type = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
-                                                                 prelu_h);
+  const auto acc_type = accumulation_type(x);
+  const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
+                        {weight_h, scale_h, shift_h, prelu_h}, hv};
   auto view = [hv](const at::Tensor& t) { return factorized_dw_view(t, hv); };
   at::Tensor reduced;
   // Gradients of channels_last tensors come out channels_last (output_format), so the row kernel
@@ -395,7 +395,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
         backward_channels_last<scalar_t>(
             grad_output.const_data_ptr<scalar_t>(), view(grad_output),
             x.const_data_ptr<scalar_t>(), xv, grad_x.mutable_data_ptr<scalar_t>(), view(grad_x),
-            dilation, hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs(),
+            dilation, stages.first(), stages.second(),
             grad_u1.mutable_data_ptr<A>(), parts);
         // Sum over the row tasks in order (deterministic whatever the thread count).
         A* sums = reduced.mutable_data_ptr<A>();
@@ -411,7 +411,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
         backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), view(grad_output),
                            x.const_data_ptr<scalar_t>(), view(x),
                            grad_x.mutable_data_ptr<scalar_t>(), view(grad_x), dilation,
-                           hv ? h.ptrs() : v.ptrs(), hv ? v.ptrs() : h.ptrs(),
+                           stages.first(), stages.second(),
                            partials.mutable_data_ptr<acc_t<scalar_t>>());
       });
     }

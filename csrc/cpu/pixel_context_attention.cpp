@@ -90,7 +90,7 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3), N = H * W;
   const int64_t M = key.size(2), Cv = value.size(1);
   auto out = at::empty({B, Cv, H, W}, query.options().memory_format(output_format(query)));
-  auto lse = at::empty({B, N}, query.options().dtype(lse_dtype(query)));
+  auto lse = at::empty({B, N}, query.options().dtype(accumulation_type(query)));
   if (out.numel() == 0) return {out, lse};
   const at::Tensor q = pixels(query), o = pixels(out);
   const Tiles tiles(N, M, query.size(1), Cv);

@@ -21,10 +21,10 @@ at::Tensor factorized_dw_conv_cuda(const at::Tensor& x, const at::Tensor& weight
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(x.sizes(), x.options().memory_format(output_format(x)));
   if (out.numel() == 0) return out;
-  const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
-                                                                 prelu_h);
-  const DWConvArgs args{factorized_dw_view(x, hv), dilation, hv ? h.ptrs() : v.ptrs(),
-                        hv ? v.ptrs() : h.ptrs(), to_dtype(x, "x")};
+  const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
+                        {weight_h, scale_h, shift_h, prelu_h}, hv};
+  const DWConvArgs args{factorized_dw_view(x, hv), dilation, stages.first(),
+                        stages.second(), to_dtype(x, "x")};
   check_launch(launch_factorized_dw_conv_forward(x.const_data_ptr(), out.mutable_data_ptr(),
                                                  factorized_dw_view(out, hv), args,
                                                  current_stream()),
@@ -46,10 +46,10 @@ FactorizedDWGrads factorized_dw_conv_backward_cuda(
   auto grad_x = at::empty(x.sizes(), options);
   auto reduced = at::zeros({x.size(1), kDWGrads}, x.options().dtype(acc));
   if (grad_x.numel() > 0) {
-    const DWStageTensors v(weight_v, scale_v, shift_v, prelu_v), h(weight_h, scale_h, shift_h,
-                                                                   prelu_h);
-    const DWConvArgs args{factorized_dw_view(x, hv), dilation, hv ? h.ptrs() : v.ptrs(),
-                          hv ? v.ptrs() : h.ptrs(), to_dtype(x, "x")};
+    const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
+                          {weight_h, scale_h, shift_h, prelu_h}, hv};
+    const DWConvArgs args{factorized_dw_view(x, hv), dilation, stages.first(),
+                          stages.second(), to_dtype(x, "x")};
     auto grad_u1 = at::empty(x.sizes(), options.dtype(acc));
     auto workspace = at::empty({factorized_dw_conv_backward_workspace(args)},
                                x.options().dtype(acc));

@@ -13,11 +13,6 @@ inline void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
 }
 
-// Scattered gradients accumulate in float32 (float64 for float64 tensors).
-inline at::ScalarType accumulation_type(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // The deterministic backward of a scatter: `keys` (rows, entries) names the target each entry
 // adds to (targets in [0, num_targets); num_targets marks an unused entry). Returns each row's
 // entries stably sorted by target (`order`) and where each target's run of them starts

@@ -1,7 +1,10 @@
-// pixel_context_attention on the CPU, fused per tile of pixels: the (pixels x M) logits of a
-// tile live in a per-thread buffer that stays in cache between the two BLAS products and the
+// pixel_context_attention on the CPU, fused per tile of pixels: the (M x pixels) logits of a
+// tile live in a per-thread buffer that stays in cache between the BLAS products and the
 // softmax, so the (N x M) attention matrix is never written out. The forward saves the per-pixel
 // log-sum-exp; the backward recomputes the probabilities from it.
+// Tiles are context-major (one row per context vector): every product is then a plain or
+// once-transposed GEMM that MKL runs near its peak, and the softmax over M vectorises across
+// pixels.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
@@ -9,8 +12,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
-
+#include "cpu_isa.h"
 #include "pixel_context_attention.h"
 
 namespace rtseg {
@@ -42,42 +46,74 @@ void check_cpu_dtype(const at::Tensor& query) {
               "query: expected float32 or float64 on the CPU, got ", query.scalar_type());
 }
 
-// logits <- scale * logits - shift[r] row by row; then exp_ in place (ATen's vectorised exp, one
-// call per tile: the extension itself is built for baseline x86-64).
+// An (M x n) tile over a per-thread buffer that lives across calls: tile buffers of hundreds of
+// KiB would otherwise be mmap'd and page-faulted afresh by every call and thread.
 template <typename T>
-void shifted_exp_rows(at::Tensor& logits, const T* shift, T scale) {
-  const int64_t rows = logits.size(0), M = logits.size(1);
-  T* s = logits.mutable_data_ptr<T>();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < M; ++j) s[r * M + j] = scale * s[r * M + j] - shift[r];
-  logits.exp_();
+at::Tensor tile_buffer(int slot, int64_t M, int64_t n, const at::TensorOptions& options) {
+  thread_local std::vector<T> buffers[2];
+  auto& buffer = buffers[slot];
+  if (buffer.size() < static_cast<size_t>(M * n)) buffer.resize(M * n);
+  return at::from_blob(buffer.data(), {M, n}, options);
 }
 
-// In-place softmax of the rows of `scale * logits`, and its log-sum-exp into `lse`.
+// The column loops below run over the n pixels of an (M x n) tile, contiguous, so they vectorise.
+
+// s <- scale * s - shift, column by column.
 template <typename T>
-void softmax_rows(at::Tensor& logits, T* lse, T scale) {
-  const int64_t rows = logits.size(0), M = logits.size(1);
-  T* s = logits.mutable_data_ptr<T>();
-  for (int64_t r = 0; r < rows; ++r) {
-    T mx = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : mx)
-    for (int64_t j = 0; j < M; ++j) mx = std::max(mx, s[r * M + j]);
-    lse[r] = scale * mx;  // the row maximum of the scaled logits (scale may be negative)
-    if (scale < 0) {
-      T mn = std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(min : mn)
-      for (int64_t j = 0; j < M; ++j) mn = std::min(mn, s[r * M + j]);
-      lse[r] = scale * mn;
-    }
+RTSEG_CPU_CLONES void subtract_columns(T* s, const T* shift, int64_t M, int64_t n, T scale) {
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[m * n + j] = scale * s[m * n + j] - shift[j];
   }
-  shifted_exp_rows(logits, lse, scale);
-  for (int64_t r = 0; r < rows; ++r) {
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < M; ++j) sum += s[r * M + j];
-    const T inv = T(1) / sum;
-    for (int64_t j = 0; j < M; ++j) s[r * M + j] *= inv;
-    lse[r] += std::log(sum);
+}
+
+// shift <- the column maxima of scale * s (which keeps exp() in range whatever the sign of scale);
+// then s <- scale * s - shift.
+template <typename T>
+RTSEG_CPU_CLONES void shift_columns(T* s, T* shift, int64_t M, int64_t n, T scale) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) shift[j] = -std::numeric_limits<T>::infinity();
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) shift[j] = std::max(shift[j], scale * s[m * n + j]);
+  }
+  subtract_columns(s, shift, M, n, scale);
+}
+
+// exp(logits) -> probabilities, column by column; lse (the shift) gains the sums' logs.
+template <typename T>
+RTSEG_CPU_CLONES void normalize_columns(T* s, T* lse, int64_t M, int64_t n) {
+  T sum[kTile], inv[kTile];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) sum[j] = 0;
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) sum[j] += s[m * n + j];
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) inv[j] = T(1) / sum[j];
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) s[m * n + j] *= inv[j];
+  }
+  for (int64_t j = 0; j < n; ++j) lse[j] += std::log(sum[j]);
+}
+
+// ds <- scale * P * (dP - colsum(P * dP)), in place. With all M rows of a column at hand,
+// colsum(P * dP) equals flash-attention's <dO, O> without reading the output.
+template <typename T>
+RTSEG_CPU_CLONES void softmax_backward_columns(const T* p, T* ds, int64_t M, int64_t n, T scale) {
+  T dot[kTile];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dot[j] = 0;
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dot[j] += p[m * n + j] * ds[m * n + j];
+  }
+  for (int64_t m = 0; m < M; ++m) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j)
+      ds[m * n + j] = scale * p[m * n + j] * (ds[m * n + j] - dot[j]);
   }
 }
 
@@ -95,38 +131,26 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   const at::Tensor q = pixels(query), o = pixels(out);
   const Tiles tiles(N, M, query.size(1), Cv);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_cpu", [&] {
+    const auto s = static_cast<scalar_t>(scale);
     at::parallel_for(0, B * tiles.per_batch, tiles.grain(1), [&](int64_t begin, int64_t end) {
       // The tiles' ATen calls run below autograd (the inputs may require grad); the guard is
       // thread-local, so every worker sets it.
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      auto probs = at::empty({kTile, M}, query.options());
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tiles.per_batch, n0 = (task % tiles.per_batch) * kTile;
         const int64_t n = std::min(kTile, N - n0);
-        auto p = probs.narrow(0, 0, n);
-        at::mm_out(p, q[b].narrow(1, n0, n).t(), key[b]);
-        softmax_rows<scalar_t>(p, lse.mutable_data_ptr<scalar_t>() + b * N + n0,
-                               static_cast<scalar_t>(scale));
+        auto p = tile_buffer<scalar_t>(0, M, n, query.options());
+        scalar_t* tile_lse = lse.mutable_data_ptr<scalar_t>() + b * N + n0;
+        at::mm_out(p, key[b].t(), q[b].narrow(1, n0, n));
+        shift_columns(p.mutable_data_ptr<scalar_t>(), tile_lse, M, n, s);
+        p.exp_();  // ATen's exp is vectorised for the CPU it runs on
+        normalize_columns(p.mutable_data_ptr<scalar_t>(), tile_lse, M, n);
         auto o_tile = o[b].narrow(1, n0, n);
-        at::mm_out(o_tile, value[b], p.t());
+        at::mm_out(o_tile, value[b], p);
       }
     });
   });
   return {out, lse};
-}
-
-// grad_logits <- scale * P * (dP - rowsum(P * dP)), in place. With all M columns of a row at
-// hand, rowsum(P * dP) equals flash-attention's <dO, O> without reading the output.
-template <typename T>
-void softmax_backward_rows(const T* probs, T* grad_logits, int64_t rows, int64_t M, T scale) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* p = probs + r * M;
-    T* g = grad_logits + r * M;
-    T dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < M; ++j) dot += p[j] * g[j];
-    for (int64_t j = 0; j < M; ++j) g[j] = scale * p[j] * (g[j] - dot);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_cpu(
@@ -149,11 +173,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
   const at::Tensor go = pixels(dense(grad_output)), q = pixels(query);
   const at::Tensor gq = pixels(grad_query), lse_dense = lse.contiguous();
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "pixel_context_attention_backward_cpu", [&] {
+    const auto s = static_cast<scalar_t>(scale);
     const int64_t grain = tiles.grain(tiles.per_partial);
     at::parallel_for(0, B * tiles.partials, grain, [&](int64_t begin, int64_t end) {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      auto probs = at::empty({kTile, M}, query.options());
-      auto grad_logits = at::empty({kTile, M}, query.options());
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / tiles.partials, part = task % tiles.partials;
         auto gk = grad_key_parts[b][part], gv = grad_value_parts[b][part];
@@ -162,19 +185,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
         for (int64_t t = part * tiles.per_partial;
              t < std::min(tiles.per_batch, (part + 1) * tiles.per_partial); ++t) {
           const int64_t n0 = t * kTile, n = std::min(kTile, N - n0);
-          auto p = probs.narrow(0, 0, n), ds = grad_logits.narrow(0, 0, n);
+          auto p = tile_buffer<scalar_t>(0, M, n, query.options());
+          auto ds = tile_buffer<scalar_t>(1, M, n, query.options());
           const auto q_tile = q[b].narrow(1, n0, n), go_tile = go[b].narrow(1, n0, n);
-          at::mm_out(p, q_tile.t(), key[b]);
-          shifted_exp_rows<scalar_t>(p, lse_dense.const_data_ptr<scalar_t>() + b * N + n0,
-                                     static_cast<scalar_t>(scale));
-          at::mm_out(ds, go_tile.t(), value[b]);
-          softmax_backward_rows<scalar_t>(p.const_data_ptr<scalar_t>(),
-                                          ds.mutable_data_ptr<scalar_t>(), n, M,
-                                          static_cast<scalar_t>(scale));
+          at::mm_out(p, key[b].t(), q_tile);
+          subtract_columns(p.mutable_data_ptr<scalar_t>(),
+                           lse_dense.const_data_ptr<scalar_t>() + b * N + n0, M, n, s);
+          p.exp_();
+          at::mm_out(ds, value[b].t(), go_tile);
+          softmax_backward_columns(p.const_data_ptr<scalar_t>(), ds.mutable_data_ptr<scalar_t>(),
+                                   M, n, s);
           auto gq_tile = gq[b].narrow(1, n0, n);
-          at::mm_out(gq_tile, key[b], ds.t());
-          gk.addmm_(q_tile, ds);
-          gv.addmm_(go_tile, p);
+          at::mm_out(gq_tile, key[b], ds);
+          gk.addmm_(q_tile, ds.t());
+          gv.addmm_(go_tile, p.t());
         }
       }
     });

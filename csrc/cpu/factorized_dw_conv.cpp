@@ -279,31 +279,55 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
   });
 }
 
+// sum_i v[i], in 16 interleaved partial sums so that it vectorises (a plain float sum is a
+// serial dependency chain the compiler may not reorder).
+template <typename T>
+RTSEG_SIMD_BODY inline T vector_sum(const T* v, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  T lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += v[i + l];
+  for (; i < n; ++i) lanes[0] += v[i];
+  T total = 0;
+  for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
+  return total;
+}
+
 // Per plane: each row recomputes the intermediate, back-propagates through the second stage and
 // the first stage's affine and PReLU (all row-local), keeping the gradient at the first conv's
 // output in a plane buffer; the vertical transposed conv of that buffer gives grad_x. Parameter
-// gradients are summed per plane into `partials` (B, C, kDWGrads) and reduced over the batch in a
-// fixed order by the caller, so the result does not depend on the thread count.
+// gradients are accumulated per column over the rows (kDWGrads rows of W, elementwise, so the row
+// loops vectorise), then summed per plane into `partials` (B, C, kDWGrads) and reduced over the
+// batch in a fixed order by the caller, so the result does not depend on the thread count.
 template <typename T>
 void backward(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x, Strided4 gxs,
               int64_t d, DWStagePtrs first_p, DWStagePtrs second_p, T* partials) {
   const int64_t H = xs.h, W = xs.w;
   at::parallel_for(0, xs.n * xs.c, grain_for(H * W), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(6 * W, T(0));
+    std::vector<T> buf(6 * W, T(0)), acc(kDWGrads * W);
     T *zeros = buf.data(), *above = zeros + W, *center = above + W, *below = center + W,
       *gbuf = below + W, *u1 = gbuf + W;
     PaddedRow<T> tpad(W, d), gpad(W, d);
     T *t = tpad.data(), *gp = gpad.data();
     std::vector<T> grad_u1(H * W);  // gradient at the first conv's output
     simd_dispatch([&]() RTSEG_SIMD_BODY {
+      auto column = [&](int stage, int k) {
+        return acc.data() + (stage * kDWGradsPerStage + k) * W;
+      };
+      T *w10 = column(0, kDWGradWeight), *w11 = w10 + W, *w12 = w11 + W,
+        *s1 = column(0, kDWGradScale), *b1 = column(0, kDWGradShift),
+        *a1 = column(0, kDWGradPrelu);
+      T *w20 = column(1, kDWGradWeight), *w21 = w20 + W, *w22 = w21 + W,
+        *s2 = column(1, kDWGradScale), *b2 = column(1, kDWGradShift),
+        *a2 = column(1, kDWGradPrelu);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / xs.c, c = task % xs.c;
         const auto first = load_stage<T>(first_p, c);
         const auto second = load_stage<T>(second_p, c);
         const T* plane = x + b * xs.sn + c * xs.sc;
         const T* g_plane = grad_out + b * gs.sn + c * gs.sc;
-        T s1 = 0, b1 = 0, a1 = 0, w10 = 0, w11 = 0, w12 = 0;
-        T s2 = 0, b2 = 0, a2 = 0, w20 = 0, w21 = 0, w22 = 0;
+        std::fill(acc.begin(), acc.end(), T(0));
         for (int64_t y = 0; y < H; ++y) {
           const T* a = plane_row(plane, xs, y - d, above, zeros);
           const T* m = plane_row(plane, xs, y, center, zeros);
@@ -313,32 +337,32 @@ void backward(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x
             t[i] = first.act(first.affine(u1[i]));
           }
           const T* g = plane_row(g_plane, gs, y, gbuf, zeros);
-#pragma omp simd reduction(+ : s2, b2, a2)
+#pragma omp simd
           for (int64_t i = 0; i < W; ++i) {
             const T u2 = second.conv(t[i - d], t[i], t[i + d]);
             const T z2 = second.affine(u2);
             const T dz2 = g[i] * second.act_grad(z2);
-            s2 += dz2 * u2;
-            b2 += dz2;
-            a2 += g[i] * second.slope_grad(z2);
+            s2[i] += dz2 * u2;
+            b2[i] += dz2;
+            a2[i] += g[i] * second.slope_grad(z2);
             gp[i] = dz2 * second.scale;  // gradient at the second conv's output
           }
           T* e = grad_u1.data() + y * W;
-#pragma omp simd reduction(+ : w20, w21, w22, s1, b1, a1, w10, w11, w12)
+#pragma omp simd
           for (int64_t i = 0; i < W; ++i) {
-            w20 += gp[i] * t[i - d];
-            w21 += gp[i] * t[i];
-            w22 += gp[i] * t[i + d];
+            w20[i] += gp[i] * t[i - d];
+            w21[i] += gp[i] * t[i];
+            w22[i] += gp[i] * t[i + d];
             const T dt = second.conv_transposed(gp[i - d], gp[i], gp[i + d]);
             const T z1 = first.affine(u1[i]);
             const T dz1 = dt * first.act_grad(z1);
-            s1 += dz1 * u1[i];
-            b1 += dz1;
-            a1 += dt * first.slope_grad(z1);
+            s1[i] += dz1 * u1[i];
+            b1[i] += dz1;
+            a1[i] += dt * first.slope_grad(z1);
             e[i] = dz1 * first.scale;
-            w10 += e[i] * a[i];
-            w11 += e[i] * m[i];
-            w12 += e[i] * z[i];
+            w10[i] += e[i] * a[i];
+            w11[i] += e[i] * m[i];
+            w12[i] += e[i] * z[i];
           }
         }
         T* gx_plane = grad_x + b * gxs.sn + c * gxs.sc;
@@ -351,13 +375,13 @@ void backward(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x
           for (int64_t i = 0; i < W; ++i) o[i] = first.conv_transposed(a[i], m[i], z[i]);
           store_row(o, gx_plane, gxs, y, gbuf);
         }
-        T* sums = partials + task * kDWGrads;
-        const T stage_sums[kDWGrads] = {w10, w11, w12, s1, b1, a1, w20, w21, w22, s2, b2, a2};
-        std::copy(stage_sums, stage_sums + kDWGrads, sums);
+        for (int k = 0; k < kDWGrads; ++k)
+          partials[task * kDWGrads + k] = vector_sum(acc.data() + k * W, W);
       }
     });
   });
 }
+
 at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_v,
                                   const at::Tensor& weight_h, int64_t dilation,
                                   const OptTensor& scale_v, const OptTensor& shift_v,

@@ -92,11 +92,13 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
 }
 
 // Channel-contiguous views (channels_last): one task per (batch, row) over all channels, so every
-// inner loop runs along C. Per-channel parameters are unpacked into arrays first; a missing
-// PReLU is slope 1, for which act() is exactly the identity.
+// inner loop runs along C. Where pixels are adjacent (pixel stride C) the loops take chunks of
+// P pixels as flat arrays of P * C values, with the per-channel parameters repeated P times, so
+// that a few channels still fill whole vectors; otherwise P = 1. A missing PReLU is slope 1, for
+// which act() is exactly the identity.
 template <typename T>
 struct StageArrays {
-  std::vector<T> w0, w1, w2, scale, shift, slope;
+  std::vector<T> w0, w1, w2, scale, shift, slope;  // P * C each
 };
 
 template <typename T>
@@ -111,27 +113,37 @@ RTSEG_SIMD_BODY inline T act_grad(T z, T slope, bool prelu) {
 }
 
 template <typename T>
-StageArrays<T> make_stage_arrays(const DWStagePtrs& p, int64_t C) {
+StageArrays<T> make_stage_arrays(const DWStagePtrs& p, int64_t C, int64_t P) {
   StageArrays<T> a;
-  for (auto* v : {&a.w0, &a.w1, &a.w2, &a.scale, &a.shift, &a.slope}) v->resize(C);
+  for (auto* v : {&a.w0, &a.w1, &a.w2, &a.scale, &a.shift, &a.slope}) v->resize(P * C);
   for (int64_t c = 0; c < C; ++c) {
     const auto s = load_stage<T>(p, c);
-    a.w0[c] = s.w0, a.w1[c] = s.w1, a.w2[c] = s.w2;
-    a.scale[c] = s.scale, a.shift[c] = s.shift, a.slope[c] = s.prelu ? s.slope : T(1);
+    for (int64_t k = c; k < P * C; k += C) {
+      a.w0[k] = s.w0, a.w1[k] = s.w1, a.w2[k] = s.w2;
+      a.scale[k] = s.scale, a.shift[k] = s.shift, a.slope[k] = s.prelu ? s.slope : T(1);
+    }
   }
   return a;
+}
+
+// Pixels per chunk: enough for 256 values when every tensor's rows are dense (pixel stride C,
+// channel stride 1), else 1.
+inline int64_t chunk_pixels(int64_t C, int64_t W, std::initializer_list<Strided4> views) {
+  for (const auto& s : views)
+    if (s.sw != C || s.sc != 1) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(W, 256 / C));
 }
 
 template <typename T>
 void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d,
                            DWStagePtrs first_p, DWStagePtrs second_p) {
-  const int64_t C = xs.c, H = xs.h, W = xs.w;
-  const auto first = make_stage_arrays<T>(first_p, C);
-  const auto second = make_stage_arrays<T>(second_p, C);
+  const int64_t C = xs.c, H = xs.h, W = xs.w, P = chunk_pixels(C, W, {xs, os});
+  const auto first = make_stage_arrays<T>(first_p, C, P);
+  const auto second = make_stage_arrays<T>(second_p, C, P);
   at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
     PaddedRow<T> tpad(W * C, d * C);
     T* t = tpad.data();
-    std::vector<T> zeros(C, T(0)), ubuf(C);
+    std::vector<T> zeros(P * C, T(0)), obuf(C);
     simd_dispatch([&]() RTSEG_SIMD_BODY {
       const T *w0 = first.w0.data(), *w1 = first.w1.data(), *w2 = first.w2.data(),
               *s1 = first.scale.data(), *b1 = first.shift.data(), *a1 = first.slope.data();
@@ -140,26 +152,35 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / H, y = task % H;
         const T* row = x + b * xs.sn + y * xs.sh;
-        for (int64_t i = 0; i < W; ++i) {
-          const T* m = row + i * xs.sw;
-          const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
-          const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-          T* ti = t + i * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c)
-            ti[c] = act(s1[c] * (w0[c] * a[c] + w1[c] * m[c] + w2[c] * z[c]) + b1[c], a1[c]);
-        }
         T* out_row = out + b * os.sn + y * os.sh;
-        for (int64_t i = 0; i < W; ++i) {
-          const T* ti = t + i * C;
-          T* o = os.sc == 1 ? out_row + i * os.sw : ubuf.data();
+        // The second stage trails the first by d pixels, so that the intermediate it reads is
+        // still in L1.
+        int64_t done = 0;  // output pixels written
+        for (int64_t i = 0; done < W; i += P) {
+          if (i < W) {
+            const int64_t n = std::min(P, W - i) * C;
+            const T* m = row + i * xs.sw;
+            const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
+            const T* z = y + d < H ? m + d * xs.sh : zeros.data();
+            T* ti = t + i * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c)
-            o[c] = act(s2[c] * (v0[c] * ti[c - d * C] + v1[c] * ti[c] + v2[c] * ti[c + d * C]) +
-                           b2[c],
-                       a2[c]);
-          if (o == ubuf.data())
-            for (int64_t c = 0; c < C; ++c) out_row[i * os.sw + c * os.sc] = o[c];
+            for (int64_t k = 0; k < n; ++k)
+              ti[k] = act(s1[k] * (w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k]) + b1[k], a1[k]);
+          }
+          const int64_t ready = i + P >= W ? W : i + P - d;  // pixels whose taps are all known
+          while (done < ready) {
+            const int64_t j = done, pixels = std::min(P, ready - j), n = pixels * C;
+            done += pixels;
+            const T* tj = t + j * C;
+            T* o = os.sc == 1 ? out_row + j * os.sw : obuf.data();
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k)
+              o[k] = act(s2[k] * (v0[k] * tj[k - d * C] + v1[k] * tj[k] + v2[k] * tj[k + d * C]) +
+                             b2[k],
+                         a2[k]);
+            if (o == obuf.data())  // P == 1 here
+              for (int64_t c = 0; c < C; ++c) out_row[j * os.sw + c * os.sc] = o[c];
+          }
         }
       }
     });
@@ -174,12 +195,12 @@ template <typename T>
 void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x,
                             Strided4 gxs, int64_t d, DWStagePtrs first_p, DWStagePtrs second_p,
                             T* grad_u1, T* partials) {
-  const int64_t C = xs.c, H = xs.h, W = xs.w;
-  const auto first = make_stage_arrays<T>(first_p, C);
-  const auto second = make_stage_arrays<T>(second_p, C);
+  const int64_t C = xs.c, H = xs.h, W = xs.w, P = chunk_pixels(C, W, {xs, gs, gxs}), L = P * C;
+  const auto first = make_stage_arrays<T>(first_p, C, P);
+  const auto second = make_stage_arrays<T>(second_p, C, P);
   const bool prelu1 = first_p.prelu != nullptr, prelu2 = second_p.prelu != nullptr;
   at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
-    std::vector<T> u1(W * C), zeros(C, T(0)), gbuf(C);
+    std::vector<T> u1(W * C), zeros(L, T(0)), gbuf(C), acc(kDWGrads * L);
     PaddedRow<T> tpad(W * C, d * C), dpad(W * C, d * C);
     T *t = tpad.data(), *ds = dpad.data();
     simd_dispatch([&]() RTSEG_SIMD_BODY {
@@ -187,91 +208,103 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
               *s1 = first.scale.data(), *b1 = first.shift.data(), *a1 = first.slope.data();
       const T *v0 = second.w0.data(), *v1 = second.w1.data(), *v2 = second.w2.data(),
               *s2 = second.scale.data(), *b2 = second.shift.data(), *a2 = second.slope.data();
+      // Per-chunk-position sums of the task, folded to per channel at its end.
+      auto column = [&](int stage, int k) { return acc.data() + (stage * kDWGradsPerStage + k) * L; };
+      T *g1w0 = column(0, kDWGradWeight), *g1w1 = g1w0 + L, *g1w2 = g1w1 + L,
+        *g1s = column(0, kDWGradScale), *g1b = column(0, kDWGradShift),
+        *g1a = column(0, kDWGradPrelu);
+      T *g2w0 = column(1, kDWGradWeight), *g2w1 = g2w0 + L, *g2w2 = g2w1 + L,
+        *g2s = column(1, kDWGradScale), *g2b = column(1, kDWGradShift),
+        *g2a = column(1, kDWGradPrelu);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / H, y = task % H;
-        T* sums = partials + task * kDWGrads * C;
-        T *g1w = sums + kDWGradWeight * C, *g1s = sums + kDWGradScale * C,
-          *g1b = sums + kDWGradShift * C, *g1a = sums + kDWGradPrelu * C;
-        T *g2w = g1w + kDWGradsPerStage * C, *g2s = g1s + kDWGradsPerStage * C,
-          *g2b = g1b + kDWGradsPerStage * C, *g2a = g1a + kDWGradsPerStage * C;
+        std::fill(acc.begin(), acc.end(), T(0));
         const T* row = x + b * xs.sn + y * xs.sh;
-        for (int64_t i = 0; i < W; ++i) {
+        for (int64_t i = 0; i < W; i += P) {
+          const int64_t n = std::min(P, W - i) * C;
           const T* m = row + i * xs.sw;
           const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
           const T* z = y + d < H ? m + d * xs.sh : zeros.data();
           T *ui = u1.data() + i * C, *ti = t + i * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            ui[c] = w0[c] * a[c] + w1[c] * m[c] + w2[c] * z[c];
-            ti[c] = act(s1[c] * ui[c] + b1[c], a1[c]);
+          for (int64_t k = 0; k < n; ++k) {
+            ui[k] = w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k];
+            ti[k] = act(s1[k] * ui[k] + b1[k], a1[k]);
           }
         }
         const T* g_row = grad_out + b * gs.sn + y * gs.sh;
-        for (int64_t i = 0; i < W; ++i) {
+        for (int64_t i = 0; i < W; i += P) {
+          const int64_t n = std::min(P, W - i) * C;
           const T* ti = t + i * C;
           T* di = ds + i * C;
           const T* g = g_row + i * gs.sw;
-          if (gs.sc != 1) {
+          if (gs.sc != 1) {  // P == 1 here
             for (int64_t c = 0; c < C; ++c) gbuf[c] = g[c * gs.sc];
             g = gbuf.data();
           }
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const T left = ti[c - d * C], right = ti[c + d * C];
-            const T u2 = v0[c] * left + v1[c] * ti[c] + v2[c] * right;
-            const T z2 = s2[c] * u2 + b2[c];
-            const T dz2 = g[c] * act_grad(z2, a2[c], prelu2);
-            g2s[c] += dz2 * u2;
-            g2b[c] += dz2;
-            g2a[c] += g[c] * std::min(z2, T(0));
-            const T du2 = dz2 * s2[c];
-            di[c] = du2;
-            g2w[c] += du2 * left;
-            g2w[C + c] += du2 * ti[c];
-            g2w[2 * C + c] += du2 * right;
+          for (int64_t k = 0; k < n; ++k) {
+            const T left = ti[k - d * C], right = ti[k + d * C];
+            const T u2 = v0[k] * left + v1[k] * ti[k] + v2[k] * right;
+            const T z2 = s2[k] * u2 + b2[k];
+            const T dz2 = g[k] * act_grad(z2, a2[k], prelu2);
+            g2s[k] += dz2 * u2;
+            g2b[k] += dz2;
+            g2a[k] += g[k] * std::min(z2, T(0));
+            const T du2 = dz2 * s2[k];
+            di[k] = du2;
+            g2w0[k] += du2 * left;
+            g2w1[k] += du2 * ti[k];
+            g2w2[k] += du2 * right;
           }
         }
         T* e_row = grad_u1 + task * W * C;
-        for (int64_t i = 0; i < W; ++i) {
+        for (int64_t i = 0; i < W; i += P) {
+          const int64_t n = std::min(P, W - i) * C;
           const T *di = ds + i * C, *ui = u1.data() + i * C;
           const T* m = row + i * xs.sw;
           const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
           const T* z = y + d < H ? m + d * xs.sh : zeros.data();
           T* ei = e_row + i * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const T dt = v2[c] * di[c - d * C] + v1[c] * di[c] + v0[c] * di[c + d * C];
-            const T z1 = s1[c] * ui[c] + b1[c];
-            const T dz1 = dt * act_grad(z1, a1[c], prelu1);
-            g1s[c] += dz1 * ui[c];
-            g1b[c] += dz1;
-            g1a[c] += dt * std::min(z1, T(0));
-            const T e = dz1 * s1[c];
-            ei[c] = e;
-            g1w[c] += e * a[c];
-            g1w[C + c] += e * m[c];
-            g1w[2 * C + c] += e * z[c];
+          for (int64_t k = 0; k < n; ++k) {
+            const T dt = v2[k] * di[k - d * C] + v1[k] * di[k] + v0[k] * di[k + d * C];
+            const T z1 = s1[k] * ui[k] + b1[k];
+            const T dz1 = dt * act_grad(z1, a1[k], prelu1);
+            g1s[k] += dz1 * ui[k];
+            g1b[k] += dz1;
+            g1a[k] += dt * std::min(z1, T(0));
+            const T e = dz1 * s1[k];
+            ei[k] = e;
+            g1w0[k] += e * a[k];
+            g1w1[k] += e * m[k];
+            g1w2[k] += e * z[k];
           }
         }
+        T* sums = partials + task * kDWGrads * C;
+        for (int64_t j = 0; j < kDWGrads; ++j)
+          for (int64_t p = 0; p < P; ++p)
+            for (int64_t c = 0; c < C; ++c) sums[j * C + c] += acc[j * L + p * C + c];
       }
     });
   });
   at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
-    std::vector<T> zeros(C, T(0)), obuf(C);
+    std::vector<T> zeros(L, T(0)), obuf(C);
     simd_dispatch([&]() RTSEG_SIMD_BODY {
       const T *w0 = first.w0.data(), *w1 = first.w1.data(), *w2 = first.w2.data();
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / H, y = task % H;
         const T* e_row = grad_u1 + task * W * C;
         T* out_row = grad_x + b * gxs.sn + y * gxs.sh;
-        for (int64_t i = 0; i < W; ++i) {
+        for (int64_t i = 0; i < W; i += P) {
+          const int64_t n = std::min(P, W - i) * C;
           const T* m = e_row + i * C;
           const T* a = y - d >= 0 ? m - d * W * C : zeros.data();
           const T* z = y + d < H ? m + d * W * C : zeros.data();
           T* o = gxs.sc == 1 ? out_row + i * gxs.sw : obuf.data();
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) o[c] = w2[c] * a[c] + w1[c] * m[c] + w0[c] * z[c];
-          if (o == obuf.data())
+          for (int64_t k = 0; k < n; ++k) o[k] = w2[k] * a[k] + w1[k] * m[k] + w0[k] * z[k];
+          if (o == obuf.data())  // P == 1 here
             for (int64_t c = 0; c < C; ++c) out_row[i * gxs.sw + c * gxs.sc] = o[c];
         }
       }

@@ -200,7 +200,7 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
   const auto second = make_stage_arrays<T>(second_p, C, P);
   const bool prelu1 = first_p.prelu != nullptr, prelu2 = second_p.prelu != nullptr;
   at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
-    std::vector<T> u1(W * C), zeros(L, T(0)), gbuf(C), acc(kDWGrads * L);
+    std::vector<T> zeros(L, T(0)), gbuf(C), acc(kDWGrads * L);
     PaddedRow<T> tpad(W * C, d * C), dpad(W * C, d * C);
     T *t = tpad.data(), *ds = dpad.data();
     simd_dispatch([&]() RTSEG_SIMD_BODY {
@@ -220,65 +220,74 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
         const int64_t b = task / H, y = task % H;
         std::fill(acc.begin(), acc.end(), T(0));
         const T* row = x + b * xs.sn + y * xs.sh;
-        for (int64_t i = 0; i < W; i += P) {
-          const int64_t n = std::min(P, W - i) * C;
-          const T* m = row + i * xs.sw;
-          const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
-          const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-          T *ui = u1.data() + i * C, *ti = t + i * C;
-#pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
-            ui[k] = w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k];
-            ti[k] = act(s1[k] * ui[k] + b1[k], a1[k]);
-          }
-        }
         const T* g_row = grad_out + b * gs.sn + y * gs.sh;
-        for (int64_t i = 0; i < W; i += P) {
-          const int64_t n = std::min(P, W - i) * C;
-          const T* ti = t + i * C;
-          T* di = ds + i * C;
-          const T* g = g_row + i * gs.sw;
-          if (gs.sc != 1) {  // P == 1 here
-            for (int64_t c = 0; c < C; ++c) gbuf[c] = g[c * gs.sc];
-            g = gbuf.data();
-          }
-#pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
-            const T left = ti[k - d * C], right = ti[k + d * C];
-            const T u2 = v0[k] * left + v1[k] * ti[k] + v2[k] * right;
-            const T z2 = s2[k] * u2 + b2[k];
-            const T dz2 = g[k] * act_grad(z2, a2[k], prelu2);
-            g2s[k] += dz2 * u2;
-            g2b[k] += dz2;
-            g2a[k] += g[k] * std::min(z2, T(0));
-            const T du2 = dz2 * s2[k];
-            di[k] = du2;
-            g2w0[k] += du2 * left;
-            g2w1[k] += du2 * ti[k];
-            g2w2[k] += du2 * right;
-          }
-        }
         T* e_row = grad_u1 + task * W * C;
-        for (int64_t i = 0; i < W; i += P) {
-          const int64_t n = std::min(P, W - i) * C;
-          const T *di = ds + i * C, *ui = u1.data() + i * C;
-          const T* m = row + i * xs.sw;
-          const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
-          const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-          T* ei = e_row + i * C;
+        // Three passes over the row, each trailing the previous one by d pixels (as far as its
+        // taps reach), so that t and the gradient at the second conv's output are read back from
+        // L1. The last pass recomputes the first conv's output from x, which it reads anyway.
+        int64_t done2 = 0, done3 = 0;  // pixels through the second and third passes
+        for (int64_t i = 0; done3 < W; i += P) {
+          if (i < W) {
+            const int64_t n = std::min(P, W - i) * C;
+            const T* m = row + i * xs.sw;
+            const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
+            const T* z = y + d < H ? m + d * xs.sh : zeros.data();
+            T* ti = t + i * C;
 #pragma omp simd
-          for (int64_t k = 0; k < n; ++k) {
-            const T dt = v2[k] * di[k - d * C] + v1[k] * di[k] + v0[k] * di[k + d * C];
-            const T z1 = s1[k] * ui[k] + b1[k];
-            const T dz1 = dt * act_grad(z1, a1[k], prelu1);
-            g1s[k] += dz1 * ui[k];
-            g1b[k] += dz1;
-            g1a[k] += dt * std::min(z1, T(0));
-            const T e = dz1 * s1[k];
-            ei[k] = e;
-            g1w0[k] += e * a[k];
-            g1w1[k] += e * m[k];
-            g1w2[k] += e * z[k];
+            for (int64_t k = 0; k < n; ++k)
+              ti[k] = act(s1[k] * (w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k]) + b1[k], a1[k]);
+          }
+          const int64_t ready2 = i + P >= W ? W : i + P - d;
+          while (done2 < ready2) {
+            const int64_t j = done2, pixels = std::min(P, ready2 - j), n = pixels * C;
+            done2 += pixels;
+            const T* tj = t + j * C;
+            T* dj = ds + j * C;
+            const T* g = g_row + j * gs.sw;
+            if (gs.sc != 1) {  // P == 1 here
+              for (int64_t c = 0; c < C; ++c) gbuf[c] = g[c * gs.sc];
+              g = gbuf.data();
+            }
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k) {
+              const T left = tj[k - d * C], right = tj[k + d * C];
+              const T u2 = v0[k] * left + v1[k] * tj[k] + v2[k] * right;
+              const T z2 = s2[k] * u2 + b2[k];
+              const T dz2 = g[k] * act_grad(z2, a2[k], prelu2);
+              g2s[k] += dz2 * u2;
+              g2b[k] += dz2;
+              g2a[k] += g[k] * std::min(z2, T(0));
+              const T du2 = dz2 * s2[k];
+              dj[k] = du2;
+              g2w0[k] += du2 * left;
+              g2w1[k] += du2 * tj[k];
+              g2w2[k] += du2 * right;
+            }
+          }
+          const int64_t ready3 = done2 >= W ? W : done2 - d;
+          while (done3 < ready3) {
+            const int64_t j = done3, pixels = std::min(P, ready3 - j), n = pixels * C;
+            done3 += pixels;
+            const T* dj = ds + j * C;
+            const T* m = row + j * xs.sw;
+            const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
+            const T* z = y + d < H ? m + d * xs.sh : zeros.data();
+            T* ej = e_row + j * C;
+#pragma omp simd
+            for (int64_t k = 0; k < n; ++k) {
+              const T dt = v2[k] * dj[k - d * C] + v1[k] * dj[k] + v0[k] * dj[k + d * C];
+              const T u1 = w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k];
+              const T z1 = s1[k] * u1 + b1[k];
+              const T dz1 = dt * act_grad(z1, a1[k], prelu1);
+              g1s[k] += dz1 * u1;
+              g1b[k] += dz1;
+              g1a[k] += dt * std::min(z1, T(0));
+              const T e = dz1 * s1[k];
+              ej[k] = e;
+              g1w0[k] += e * a[k];
+              g1w1[k] += e * m[k];
+              g1w2[k] += e * z[k];
+            }
           }
         }
         T* sums = partials + task * kDWGrads * C;

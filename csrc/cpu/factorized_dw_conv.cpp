@@ -188,19 +188,22 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
 }
 
 // Channel-contiguous backward: one task per (batch, row) over all channels. A row's gradient at
-// the first conv's output only needs that row, so it is computed per task into grad_u1 (B, H, W, C)
-// with the parameter-gradient sums of the task in partials (B * H, kDWGrads, C); a second pass
-// applies the vertical transposed conv. The caller sums the partials over tasks in order.
+// the first conv's output e only needs that row; grad_x at row y needs e at rows y - d, y, y + d.
+// Each thread walks its rows in order, keeping the last 2d + 1 rows of e in a ring and writing
+// grad_x rows as soon as their taps are there; it recomputes the d rows of e beyond each end of
+// its range (without counting their parameter gradients). The parameter-gradient sums of each
+// row go to partials (B * H, kDWGrads, C), which the caller sums over rows in order.
 template <typename T>
 void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x,
                             Strided4 gxs, int64_t d, DWStagePtrs first_p, DWStagePtrs second_p,
-                            T* grad_u1, T* partials) {
+                            T* partials) {
   const int64_t C = xs.c, H = xs.h, W = xs.w, P = chunk_pixels(C, W, {xs, gs, gxs}), L = P * C;
+  const int64_t R = std::min(2 * d + 1, H);  // rows of e in the ring
   const auto first = make_stage_arrays<T>(first_p, C, P);
   const auto second = make_stage_arrays<T>(second_p, C, P);
   const bool prelu1 = first_p.prelu != nullptr, prelu2 = second_p.prelu != nullptr;
   at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
-    std::vector<T> zeros(L, T(0)), gbuf(C), acc(kDWGrads * L);
+    std::vector<T> zeros(L, T(0)), gbuf(C), obuf(C), acc(kDWGrads * L), ring(R * W * C);
     PaddedRow<T> tpad(W * C, d * C), dpad(W * C, d * C);
     T *t = tpad.data(), *ds = dpad.data();
     simd_dispatch([&]() RTSEG_SIMD_BODY {
@@ -208,7 +211,7 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
               *s1 = first.scale.data(), *b1 = first.shift.data(), *a1 = first.slope.data();
       const T *v0 = second.w0.data(), *v1 = second.w1.data(), *v2 = second.w2.data(),
               *s2 = second.scale.data(), *b2 = second.shift.data(), *a2 = second.slope.data();
-      // Per-chunk-position sums of the task, folded to per channel at its end.
+      // Per-chunk-position sums of a row, folded to per channel at its end.
       auto column = [&](int stage, int k) { return acc.data() + (stage * kDWGradsPerStage + k) * L; };
       T *g1w0 = column(0, kDWGradWeight), *g1w1 = g1w0 + L, *g1w2 = g1w1 + L,
         *g1s = column(0, kDWGradScale), *g1b = column(0, kDWGradShift),
@@ -216,15 +219,17 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
       T *g2w0 = column(1, kDWGradWeight), *g2w1 = g2w0 + L, *g2w2 = g2w1 + L,
         *g2s = column(1, kDWGradScale), *g2b = column(1, kDWGradShift),
         *g2a = column(1, kDWGradPrelu);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / H, y = task % H;
+      auto e_row = [&](int64_t y) { return ring.data() + (y % R) * W * C; };
+
+      // e at row y of image b into the ring, the row's parameter gradients into acc. Three
+      // passes over the row, each trailing the previous one by d pixels (as far as its taps
+      // reach), so that t and the gradient at the second conv's output are read back from L1;
+      // the last pass recomputes the first conv's output from the x values it loads anyway.
+      auto row_backward = [&](int64_t b, int64_t y) RTSEG_SIMD_BODY {
         std::fill(acc.begin(), acc.end(), T(0));
         const T* row = x + b * xs.sn + y * xs.sh;
         const T* g_row = grad_out + b * gs.sn + y * gs.sh;
-        T* e_row = grad_u1 + task * W * C;
-        // Three passes over the row, each trailing the previous one by d pixels (as far as its
-        // taps reach), so that t and the gradient at the second conv's output are read back from
-        // L1. The last pass recomputes the first conv's output from x, which it reads anyway.
+        T* e = e_row(y);
         int64_t done2 = 0, done3 = 0;  // pixels through the second and third passes
         for (int64_t i = 0; done3 < W; i += P) {
           if (i < W) {
@@ -272,7 +277,7 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
             const T* m = row + j * xs.sw;
             const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
             const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-            T* ej = e_row + j * C;
+            T* ej = e + j * C;
 #pragma omp simd
             for (int64_t k = 0; k < n; ++k) {
               const T dt = v2[k] * dj[k - d * C] + v1[k] * dj[k] + v0[k] * dj[k + d * C];
@@ -282,39 +287,49 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
               g1s[k] += dz1 * u1;
               g1b[k] += dz1;
               g1a[k] += dt * std::min(z1, T(0));
-              const T e = dz1 * s1[k];
-              ej[k] = e;
-              g1w0[k] += e * a[k];
-              g1w1[k] += e * m[k];
-              g1w2[k] += e * z[k];
+              const T ek = dz1 * s1[k];
+              ej[k] = ek;
+              g1w0[k] += ek * a[k];
+              g1w1[k] += ek * m[k];
+              g1w2[k] += ek * z[k];
             }
           }
         }
-        T* sums = partials + task * kDWGrads * C;
-        for (int64_t j = 0; j < kDWGrads; ++j)
-          for (int64_t p = 0; p < P; ++p)
-            for (int64_t c = 0; c < C; ++c) sums[j * C + c] += acc[j * L + p * C + c];
-      }
-    });
-  });
-  at::parallel_for(0, xs.n * H, grain_for(W * C), [&](int64_t begin, int64_t end) {
-    std::vector<T> zeros(L, T(0)), obuf(C);
-    simd_dispatch([&]() RTSEG_SIMD_BODY {
-      const T *w0 = first.w0.data(), *w1 = first.w1.data(), *w2 = first.w2.data();
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / H, y = task % H;
-        const T* e_row = grad_u1 + task * W * C;
+      };
+
+      // grad_x at row y of image b: the vertical transposed conv of the ring's rows.
+      auto write_grad_x = [&](int64_t b, int64_t y) RTSEG_SIMD_BODY {
         T* out_row = grad_x + b * gxs.sn + y * gxs.sh;
+        const T* mid = e_row(y);
+        const T* above = y - d >= 0 ? e_row(y - d) : nullptr;
+        const T* below = y + d < H ? e_row(y + d) : nullptr;
         for (int64_t i = 0; i < W; i += P) {
           const int64_t n = std::min(P, W - i) * C;
-          const T* m = e_row + i * C;
-          const T* a = y - d >= 0 ? m - d * W * C : zeros.data();
-          const T* z = y + d < H ? m + d * W * C : zeros.data();
+          const T* m = mid + i * C;
+          const T* a = above ? above + i * C : zeros.data();
+          const T* z = below ? below + i * C : zeros.data();
           T* o = gxs.sc == 1 ? out_row + i * gxs.sw : obuf.data();
 #pragma omp simd
           for (int64_t k = 0; k < n; ++k) o[k] = w2[k] * a[k] + w1[k] * m[k] + w0[k] * z[k];
           if (o == obuf.data())  // P == 1 here
             for (int64_t c = 0; c < C; ++c) out_row[i * gxs.sw + c * gxs.sc] = o[c];
+        }
+      };
+
+      for (int64_t task = begin; task < end;) {
+        // This thread's rows [y0, y1) of image b.
+        const int64_t b = task / H, y0 = task % H, y1 = std::min(H, y0 + end - task);
+        task += y1 - y0;
+        int64_t next = y0;  // the next grad_x row to write
+        for (int64_t y = std::max<int64_t>(0, y0 - d); y < std::min(H, y1 + d); ++y) {
+          row_backward(b, y);
+          if (y >= y0 && y < y1) {
+            T* sums = partials + (b * H + y) * kDWGrads * C;
+            for (int64_t j = 0; j < kDWGrads; ++j)
+              for (int64_t p = 0; p < P; ++p)
+                for (int64_t c = 0; c < C; ++c) sums[j * C + c] += acc[j * L + p * C + c];
+          }
+          for (; next < y1 && std::min(H, next + d + 1) <= y + 1; ++next) write_grad_x(b, next);
         }
       }
     });
@@ -467,7 +482,6 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
     const Strided4 xv = view(x);
     const int64_t tasks = xv.n * xv.h;
     auto partials = at::zeros({tasks, kDWGrads, C}, x.options().dtype(acc_type));
-    auto grad_u1 = at::empty({xv.n, xv.h, xv.w, C}, x.options().dtype(acc_type));
     reduced = at::zeros({kDWGrads, C}, partials.options());
     if (grad_x.numel() > 0) {
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "factorized_dw_conv_backward_cpu", [&] {
@@ -477,7 +491,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
             grad_output.const_data_ptr<scalar_t>(), view(grad_output),
             x.const_data_ptr<scalar_t>(), xv, grad_x.mutable_data_ptr<scalar_t>(), view(grad_x),
             dilation, stages.first(), stages.second(),
-            grad_u1.mutable_data_ptr<A>(), parts);
+            parts);
         // Sum over the row tasks in order (deterministic whatever the thread count).
         A* sums = reduced.mutable_data_ptr<A>();
         for (int64_t task = 0; task < tasks; ++task)

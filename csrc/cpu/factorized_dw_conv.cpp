@@ -490,8 +490,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
         backward_channels_last<scalar_t>(
             grad_output.const_data_ptr<scalar_t>(), view(grad_output),
             x.const_data_ptr<scalar_t>(), xv, grad_x.mutable_data_ptr<scalar_t>(), view(grad_x),
-            dilation, stages.first(), stages.second(),
-            parts);
+            dilation, stages.first(), stages.second(), parts);
         // Sum over the row tasks in order (deterministic whatever the thread count).
         A* sums = reduced.mutable_data_ptr<A>();
         for (int64_t task = 0; task < tasks; ++task)

@@ -58,6 +58,20 @@ struct PaddedRow {
   T* data() { return storage.data() + pad; }
 };
 
+// PReLU, max(z, 0) + slope * min(z, 0), with slope 1 standing in for no activation. Written as
+// selects against zero: GCC turns `z > 0 ? z : slope * z` into a branch per element (the
+// conditional multiply may trap under -ftrapping-math) unless AVX-512 masking is available.
+template <typename T>
+RTSEG_SIMD_BODY inline T act(T z, T slope) {
+  return (z < T(0) ? T(0) : z) + slope * (z < T(0) ? z : T(0));
+}
+
+// d act / dz: at z == 0 both branches count, as autograd differentiates the clamp pair.
+template <typename T>
+RTSEG_SIMD_BODY inline T act_grad(T z, T slope, bool prelu) {
+  return prelu ? T(z >= T(0) ? 1 : 0) + (z <= T(0) ? slope : T(0)) : T(1);
+}
+
 template <typename T>
 void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtrs first_p,
              DWStagePtrs second_p) {
@@ -80,10 +94,10 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
           const T* m = plane_row(plane, xs, y, center, zeros);
           const T* z = plane_row(plane, xs, y + d, below, zeros);
           for (int64_t i = 0; i < W; ++i)
-            t[i] = first.act(first.affine(first.conv(a[i], m[i], z[i])));
+            t[i] = act(first.affine(first.conv(a[i], m[i], z[i])), first.slope);
           T* o = row_target(out_plane, os, y, obuf);
           for (int64_t i = 0; i < W; ++i)
-            o[i] = second.act(second.affine(second.conv(t[i - d], t[i], t[i + d])));
+            o[i] = act(second.affine(second.conv(t[i - d], t[i], t[i + d])), second.slope);
           store_row(o, out_plane, os, y, obuf);
         }
       }
@@ -94,23 +108,11 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
 // Channel-contiguous views (channels_last): one task per (batch, row) over all channels, so every
 // inner loop runs along C. Where pixels are adjacent (pixel stride C) the loops take chunks of
 // P pixels as flat arrays of P * C values, with the per-channel parameters repeated P times, so
-// that a few channels still fill whole vectors; otherwise P = 1. A missing PReLU is slope 1, for
-// which act() is exactly the identity.
+// that a few channels still fill whole vectors; otherwise P = 1.
 template <typename T>
 struct StageArrays {
   std::vector<T> w0, w1, w2, scale, shift, slope;  // P * C each
 };
-
-template <typename T>
-RTSEG_SIMD_BODY inline T act(T z, T slope) {
-  return z > T(0) ? z : slope * z;
-}
-
-// d act / dz: at z == 0 both branches count, as autograd differentiates the clamp pair.
-template <typename T>
-RTSEG_SIMD_BODY inline T act_grad(T z, T slope, bool prelu) {
-  return prelu ? T(z >= T(0) ? 1 : 0) + (z <= T(0) ? slope : T(0)) : T(1);
-}
 
 template <typename T>
 StageArrays<T> make_stage_arrays(const DWStagePtrs& p, int64_t C, int64_t P) {
@@ -391,7 +393,7 @@ void backward(const T* grad_out, Strided4 gs, const T* x, Strided4 xs, T* grad_x
           const T* z = plane_row(plane, xs, y + d, below, zeros);
           for (int64_t i = 0; i < W; ++i) {
             u1[i] = first.conv(a[i], m[i], z[i]);
-            t[i] = first.act(first.affine(u1[i]));
+            t[i] = act(first.affine(u1[i]), first.slope);
           }
           const T* g = plane_row(g_plane, gs, y, gbuf, zeros);
 #pragma omp simd

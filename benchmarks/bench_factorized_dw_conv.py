@@ -11,8 +11,7 @@ from test_factorized_dw_conv import _randomise_bn_and_prelu, _unfused
 # (C, H, W): the 16-channel stage at 1/2 resolution, the 128-channel stage at 1/8.
 SHAPES = {"C16 256x512": (16, 256, 512), "C128 64x128": (128, 64, 128)}
 DILATIONS = [1, 2, 5, 9, 17]
-# The shared 2-core CPU runs only the batch-1 cases.
-BATCHES = {"cpu": [1], "cuda": [1, 8]}
+BATCHES = {"cpu": [1, 8], "cuda": [1, 8]}
 LAYOUTS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
 
 

@@ -1,0 +1,68 @@
+#pragma once
+// Run-time ISA dispatch for auto-vectorised CPU loops. The extension is compiled for baseline
+// x86-64 (SSE2, 4 floats a vector), which leaves memory-bound loops compute-bound.
+// simd_dispatch(body) compiles `body`, a lambda marked RTSEG_SIMD_BODY (always inlined, so it and
+// the helpers it inlines take the caller's target), for AVX-512, for AVX2 + FMA and for the
+// baseline, and runs the best copy this CPU supports. Helpers called from a body should be
+// RTSEG_SIMD_BODY too: an out-of-line call runs its baseline code.
+#if defined(__GNUC__) && defined(__x86_64__)
+
+#define RTSEG_SIMD_BODY __attribute__((always_inline))
+
+namespace rtseg {
+namespace simd_detail {
+
+template <typename F>
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+void run_avx512(const F& body) {
+  body();
+}
+
+template <typename F>
+__attribute__((target("avx2,fma"))) void run_avx2(const F& body) {
+  body();
+}
+
+template <typename F>
+void run_baseline(const F& body) {
+  body();
+}
+
+enum class Level { Baseline, Avx2, Avx512 };
+
+inline Level cpu_level() {
+  static const Level level = [] {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return Level::Avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Level::Avx2;
+    return Level::Baseline;
+  }();
+  return level;
+}
+
+}  // namespace simd_detail
+
+template <typename F>
+void simd_dispatch(const F& body) {
+  switch (simd_detail::cpu_level()) {
+    case simd_detail::Level::Avx512: simd_detail::run_avx512(body); break;
+    case simd_detail::Level::Avx2: simd_detail::run_avx2(body); break;
+    default: simd_detail::run_baseline(body);
+  }
+}
+
+}  // namespace rtseg
+
+#else
+
+#define RTSEG_SIMD_BODY
+
+namespace rtseg {
+template <typename F>
+void simd_dispatch(const F& body) {
+  body();
+}
+}  // namespace rtseg
+
+#endif

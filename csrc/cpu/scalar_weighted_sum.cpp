@@ -231,7 +231,7 @@ template <typename A> struct InputScratch {
   std::vector<A> column_max;        // a pooled row's 3-row column maxima, padded with -inf
   std::vector<int32_t> column_row;  // and the row holding each (32-bit so the selects vectorise)
   std::vector<A> pooled;            // the pooled row `pooled_row`
-  std::vector<int64_t> arg;         // grad-plane offset of each pooled window's arg-max
+  std::vector<int32_t> arg_row, arg_col;  // each pooled window's arg-max (32-bit: vectorises)
   std::vector<A> mid_grad;          // backward: the gradient of the current mid row
   int64_t pooled_row = -1;
 
@@ -240,18 +240,19 @@ template <typename A> struct InputScratch {
       column_max.assign(p.s.w + 2, -std::numeric_limits<A>::infinity());
       column_row.assign(p.s.w + 2, std::numeric_limits<int32_t>::max());
       pooled.resize(p.mid_w);
-      if (backward) arg.resize(p.mid_w);
+      if (backward) {
+        arg_row.resize(p.mid_w);
+        arg_col.resize(p.mid_w);
+      }
     }
     if (backward) mid_grad.resize(p.mid_w);
   }
 };
 
-// Pooled row py of `plane` (3x3/2 max pool) into scratch.pooled; with Args also the offset (in
-// the gradient plane, strides gh, gw) of the element max_pool2d takes: the first maximum in
-// row-major order, or the last NaN.
+// Pooled row py of `plane` (3x3/2 max pool) into scratch.pooled; with Args also the row and
+// column of the element max_pool2d takes: the first maximum in row-major order, or the last NaN.
 template <bool Args, typename T, typename A>
-void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc, int64_t gh,
-              int64_t gw) {
+void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc) {
   if (py == sc.pooled_row) return;
   sc.pooled_row = py;
   const Strided4& s = p.s;
@@ -287,7 +288,8 @@ void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc, in
     });
   }
   A* pooled = sc.pooled.data();
-  int64_t* arg = sc.arg.data();
+  int32_t* arg_row = sc.arg_row.data();
+  int32_t* arg_col = sc.arg_col.data();
   if (nans > 0) {  // max_pool2d's scan: take a greater value or a NaN
     for (int64_t q = 0; q < p.mid_w; ++q) {
       const Window cw = pool_window(q, s.w);
@@ -299,7 +301,10 @@ void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc, in
           if (pool_takes(v, m)) { m = v; best_r = r; best_u = u; }
         }
       pooled[q] = m;
-      if (Args) arg[q] = best_r * gh + best_u * gw;
+      if (Args) {
+        arg_row[q] = static_cast<int32_t>(best_r);
+        arg_col[q] = static_cast<int32_t>(best_u);
+      }
     }
     return;
   }
@@ -310,17 +315,17 @@ void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc, in
     const int64_t u0 = 2 * q - 1;
     A m = cm[u0];
     if (Args) {
-      int32_t best_r = cr[u0];
-      int64_t best_u = u0;
+      int32_t best_r = cr[u0], best_u = static_cast<int32_t>(u0);
       for (int64_t j = 1; j < 3; ++j) {
         const A c = cm[u0 + j];
         const int32_t r = cr[u0 + j];
         const bool take = __builtin_isgreater(c, m) | ((c == m) & (r < best_r));
         m = take ? c : m;
         best_r = take ? r : best_r;
-        best_u = take ? u0 + j : best_u;
+        best_u = take ? static_cast<int32_t>(u0 + j) : best_u;
       }
-      arg[q] = best_r * gh + best_u * gw;
+      arg_row[q] = best_r;
+      arg_col[q] = best_u;
     } else {
       m = __builtin_isgreater(cm[u0 + 1], m) ? cm[u0 + 1] : m;
       m = __builtin_isgreater(cm[u0 + 2], m) ? cm[u0 + 2] : m;
@@ -331,11 +336,10 @@ void pool_row(const T* plane, const Plan& p, int64_t py, InputScratch<A>& sc, in
 
 // acc (+)= w * input i resized, for output row y.
 template <bool Accumulate, bool Args, typename T, typename A>
-void add_input_row(const T* plane, const Plan& p, int64_t y, A w, InputScratch<A>& sc, A* acc,
-                   int64_t gh = 0, int64_t gw = 0) {
+void add_input_row(const T* plane, const Plan& p, int64_t y, A w, InputScratch<A>& sc, A* acc) {
   const int64_t r = p.rows[y];
   if (p.kind == Resize::PoolNearest) {
-    pool_row<Args>(plane, p, r, sc, gh, gw);
+    pool_row<Args>(plane, p, r, sc);
     add_row<Accumulate>(acc, sc.pooled.data(), 1, p, w);
   } else {
     add_row<Accumulate>(acc, plane + r * p.s.sh, p.s.sw, p, w);
@@ -426,11 +430,9 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
         const T* go = go_plane + y * gs.sh;
         const A* g_row = g_sum.data();
         if (swish) {
-          for (int64_t i = 0; i < n; ++i) {
-            const Strided4& g = grad_strides[i];
-            if (i == 0) add_input_row<false, true>(planes[i], plans[i], y, w[i], scratch[i], sum.data(), g.sh, g.sw);
-            else add_input_row<true, true>(planes[i], plans[i], y, w[i], scratch[i], sum.data(), g.sh, g.sw);
-          }
+          add_input_row<false, true>(planes[0], plans[0], y, w[0], scratch[0], sum.data());
+          for (int64_t i = 1; i < n; ++i)
+            add_input_row<true, true>(planes[i], plans[i], y, w[i], scratch[i], sum.data());
           neg_exp_row(sum.data(), e.data(), W);
           with_stride(gs.sw, [&](auto sw) {
             for (int64_t x = 0; x < W; ++x) {
@@ -439,11 +441,9 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
             }
           });
         } else {
-          for (int64_t i = 0; i < n; ++i) {  // only the pooled rows and their arg-maxima
-            const Strided4& g = grad_strides[i];
+          for (int64_t i = 0; i < n; ++i)  // only the pooled rows and their arg-maxima
             if (plans[i].kind == Resize::PoolNearest)
-              pool_row<true>(planes[i], plans[i], plans[i].rows[y], scratch[i], g.sh, g.sw);
-          }
+              pool_row<true>(planes[i], plans[i], plans[i].rows[y], scratch[i]);
           if (std::is_same<T, A>::value && gs.sw == 1) {
             g_row = reinterpret_cast<const A*>(go);
           } else {
@@ -473,8 +473,10 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
           const Strided4& g = grad_strides[i];
           if (pooled) {
             T* gplane = gplanes[i];
-            const int64_t* arg = sc.arg.data();
-            for (int64_t q = 0; q < p.mid_w; ++q) gplane[arg[q]] += static_cast<T>(scale * vals[q]);
+            const int32_t* arg_row = sc.arg_row.data();
+            const int32_t* arg_col = sc.arg_col.data();
+            for (int64_t q = 0; q < p.mid_w; ++q)
+              gplane[arg_row[q] * g.sh + arg_col[q] * g.sw] += static_cast<T>(scale * vals[q]);
           } else {
             zero_rows(i, r);
             next_row[i] = r + 1;

@@ -346,39 +346,173 @@ void add_input_row(const T* plane, const Plan& p, int64_t y, A w, InputScratch<A
   }
 }
 
+// The per-plane loops are also compiled for AVX-512 and AVX2 (picked when the library loads) with
+// every helper inlined, so that the row loops and the exp use the wider vectors.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define RTSEG_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
+#else
+#define RTSEG_SIMD_CLONES
+#endif
+
+// Planes [begin, end) of the output.
+template <typename T>
+RTSEG_SIMD_CLONES void forward_planes(const std::vector<Plan>& plans,
+                                      const std::vector<const T*>& data,
+                                      const std::vector<acc_t<T>>& w, bool swish, T* out,
+                                      Strided4 os, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const size_t n = plans.size();
+  std::vector<A> acc(os.w), e(os.w);
+  std::vector<InputScratch<A>> scratch;
+  for (size_t i = 0; i < n; ++i) scratch.emplace_back(plans[i], os.w, false);
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const int64_t b = plane / os.c, c = plane % os.c;
+    const T* planes[kMaxInputs];
+    for (size_t i = 0; i < n; ++i) {
+      planes[i] = data[i] + b * plans[i].s.sn + c * plans[i].s.sc;
+      scratch[i].pooled_row = -1;
+    }
+    for (int64_t y = 0; y < os.h; ++y) {
+      add_input_row<false, false>(planes[0], plans[0], y, w[0], scratch[0], acc.data());
+      for (size_t i = 1; i < n; ++i)
+        add_input_row<true, false>(planes[i], plans[i], y, w[i], scratch[i], acc.data());
+      T* dst = out + b * os.sn + c * os.sc + y * os.sh;
+      if (swish) neg_exp_row(acc.data(), e.data(), os.w);
+      with_stride(os.sw, [&](auto sw) {
+        if (swish) {
+          for (int64_t x = 0; x < os.w; ++x)
+            dst[x * sw] = static_cast<T>(acc[x] / (A(1) + e[x]));  // v * sigmoid(v)
+        } else {
+          for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x]);
+        }
+      });
+    }
+  }
+}
+
+// Gradients of the planes [begin, end) and their partial weight gradients.
+template <typename T>
+RTSEG_SIMD_CLONES void backward_planes(const std::vector<Plan>& plans,
+                                       const std::vector<const T*>& data,
+                                       const std::vector<acc_t<T>>& w, bool swish,
+                                       const T* grad_out, Strided4 gs,
+                                       const std::vector<T*>& grads,
+                                       const std::vector<Strided4>& grad_strides,
+                                       double* weight_partials, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const int64_t n = static_cast<int64_t>(plans.size());
+  const int64_t H = gs.h, W = gs.w;
+  std::vector<A> sum(W), e(W), g_sum(W);  // the weighted sum, exp(-sum), its gradient
+  std::vector<InputScratch<A>> scratch;
+  for (int64_t i = 0; i < n; ++i) scratch.emplace_back(plans[i], W, true);
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const int64_t b = plane / gs.c, c = plane % gs.c;
+    const T* planes[kMaxInputs];
+    T* gplanes[kMaxInputs];
+    int64_t next_row[kMaxInputs];  // the first mid row whose gradient is not written yet
+    double partial[kMaxInputs] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < n; ++i) {
+      const Strided4& g = grad_strides[i];
+      planes[i] = data[i] + b * plans[i].s.sn + c * plans[i].s.sc;
+      gplanes[i] = grads[i] + b * g.sn + c * g.sc;
+      next_row[i] = 0;
+      scratch[i].pooled_row = -1;
+      if (plans[i].kind == Resize::PoolNearest) {  // arg-maxima scatter into it: zero it
+        for (int64_t r = 0; r < g.h; ++r) {
+          T* row = gplanes[i] + r * g.sh;
+          with_stride(g.sw, [&](auto sw) {
+            for (int64_t u = 0; u < g.w; ++u) row[u * sw] = T(0);
+          });
+        }
+      }
+    }
+    // Writes zeros to the gradient rows [next_row, end) of a non-pooled input that no output
+    // row reads.
+    auto zero_rows = [&](int64_t i, int64_t end_row) {
+      const Strided4& g = grad_strides[i];
+      for (; next_row[i] < end_row; ++next_row[i]) {
+        T* row = gplanes[i] + next_row[i] * g.sh;
+        with_stride(g.sw, [&](auto sw) {
+          for (int64_t u = 0; u < g.w; ++u) row[u * sw] = T(0);
+        });
+      }
+    };
+    const T* go_plane = grad_out + b * gs.sn + c * gs.sc;
+    for (int64_t y = 0; y < H; ++y) {
+      const T* go = go_plane + y * gs.sh;
+      const A* g_row = g_sum.data();
+      if (swish) {
+        add_input_row<false, true>(planes[0], plans[0], y, w[0], scratch[0], sum.data());
+        for (int64_t i = 1; i < n; ++i)
+          add_input_row<true, true>(planes[i], plans[i], y, w[i], scratch[i], sum.data());
+        neg_exp_row(sum.data(), e.data(), W);
+        with_stride(gs.sw, [&](auto sw) {
+          for (int64_t x = 0; x < W; ++x) {
+            const A v = sum[x], sg = A(1) / (A(1) + e[x]);
+            g_sum[x] = static_cast<A>(go[x * sw]) * sg * (A(1) + v * (A(1) - sg));
+          }
+        });
+      } else {
+        for (int64_t i = 0; i < n; ++i)  // only the pooled rows and their arg-maxima
+          if (plans[i].kind == Resize::PoolNearest)
+            pool_row<true>(planes[i], plans[i], plans[i].rows[y], scratch[i]);
+        if (std::is_same<T, A>::value && gs.sw == 1) {
+          g_row = reinterpret_cast<const A*>(go);
+        } else {
+          with_stride(gs.sw, [&](auto sw) {
+            for (int64_t x = 0; x < W; ++x) g_sum[x] = static_cast<A>(go[x * sw]);
+          });
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const Plan& p = plans[i];
+        InputScratch<A>& sc = scratch[i];
+        const bool pooled = p.kind == Resize::PoolNearest;
+        const int64_t r = p.rows[y], first = p.row_start[r], last = p.row_start[r + 1] - 1;
+        const T* src = planes[i] + r * p.s.sh;
+        partial[i] += pooled ? row_dot(g_row, sc.pooled.data(), 1, p)
+                             : row_dot(g_row, src, p.s.sw, p);
+        // The gradient of mid row r is vals * scale: w_i * g_row itself when that is the only
+        // output row reading it, column for column, else the sum over its rows and columns.
+        const A* vals = g_row;
+        A scale = w[i];
+        if (first != last || p.cols_kind != Cols::Same) {
+          add_columns(g_row, w[i], p, y == first, sc.mid_grad.data());
+          if (y != last) continue;
+          vals = sc.mid_grad.data();
+          scale = A(1);
+        }
+        const Strided4& g = grad_strides[i];
+        if (pooled) {
+          T* gplane = gplanes[i];
+          const int32_t* arg_row = sc.arg_row.data();
+          const int32_t* arg_col = sc.arg_col.data();
+          for (int64_t q = 0; q < p.mid_w; ++q)
+            gplane[arg_row[q] * g.sh + arg_col[q] * g.sw] += static_cast<T>(scale * vals[q]);
+        } else {
+          zero_rows(i, r);
+          next_row[i] = r + 1;
+          T* dst = gplanes[i] + r * g.sh;
+          with_stride(g.sw, [&](auto sw) {
+            for (int64_t k = 0; k < p.mid_w; ++k) dst[k * sw] = static_cast<T>(scale * vals[k]);
+          });
+        }
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      if (plans[i].kind != Resize::PoolNearest) zero_rows(i, plans[i].mid_h);
+      weight_partials[plane * n + i] = partial[i];
+    }
+  }
+}
+
 template <typename T>
 void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
              const std::vector<acc_t<T>>& w, bool swish, T* out, Strided4 os) {
-  using A = acc_t<T>;
-  const size_t n = plans.size();
-  at::parallel_for(0, os.n * os.c, grain_for(os.h * os.w, kMinTaskElements), [&](int64_t begin, int64_t end) {
-    std::vector<A> acc(os.w), e(os.w);
-    std::vector<InputScratch<A>> scratch;
-    for (size_t i = 0; i < n; ++i) scratch.emplace_back(plans[i], os.w, false);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t b = plane / os.c, c = plane % os.c;
-      const T* planes[kMaxInputs];
-      for (size_t i = 0; i < n; ++i) {
-        planes[i] = data[i] + b * plans[i].s.sn + c * plans[i].s.sc;
-        scratch[i].pooled_row = -1;
-      }
-      for (int64_t y = 0; y < os.h; ++y) {
-        add_input_row<false, false>(planes[0], plans[0], y, w[0], scratch[0], acc.data());
-        for (size_t i = 1; i < n; ++i)
-          add_input_row<true, false>(planes[i], plans[i], y, w[i], scratch[i], acc.data());
-        T* dst = out + b * os.sn + c * os.sc + y * os.sh;
-        if (swish) neg_exp_row(acc.data(), e.data(), os.w);
-        with_stride(os.sw, [&](auto sw) {
-          if (swish) {
-            for (int64_t x = 0; x < os.w; ++x)
-              dst[x * sw] = static_cast<T>(acc[x] / (A(1) + e[x]));  // v * sigmoid(v)
-          } else {
-            for (int64_t x = 0; x < os.w; ++x) dst[x * sw] = static_cast<T>(acc[x]);
-          }
-        });
-      }
-    }
-  });
+  at::parallel_for(0, os.n * os.c, grain_for(os.h * os.w, kMinTaskElements),
+                   [&](int64_t begin, int64_t end) {
+                     forward_planes(plans, data, w, swish, out, os, begin, end);
+                   });
 }
 
 template <typename T>
@@ -386,113 +520,11 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
               const std::vector<acc_t<T>>& w, bool swish, const T* grad_out, Strided4 gs,
               const std::vector<T*>& grads, const std::vector<Strided4>& grad_strides,
               double* weight_partials) {
-  using A = acc_t<T>;
-  const int64_t n = static_cast<int64_t>(plans.size());
-  const int64_t H = gs.h, W = gs.w;
-  at::parallel_for(0, gs.n * gs.c, grain_for(H * W, kMinTaskElements), [&](int64_t begin, int64_t end) {
-    std::vector<A> sum(W), e(W), g_sum(W);  // the weighted sum, exp(-sum), its gradient
-    std::vector<InputScratch<A>> scratch;
-    for (int64_t i = 0; i < n; ++i) scratch.emplace_back(plans[i], W, true);
-    for (int64_t plane = begin; plane < end; ++plane) {
-      const int64_t b = plane / gs.c, c = plane % gs.c;
-      const T* planes[kMaxInputs];
-      T* gplanes[kMaxInputs];
-      int64_t next_row[kMaxInputs];  // the first mid row whose gradient is not written yet
-      double partial[kMaxInputs] = {0, 0, 0, 0};
-      for (int64_t i = 0; i < n; ++i) {
-        const Strided4& g = grad_strides[i];
-        planes[i] = data[i] + b * plans[i].s.sn + c * plans[i].s.sc;
-        gplanes[i] = grads[i] + b * g.sn + c * g.sc;
-        next_row[i] = 0;
-        scratch[i].pooled_row = -1;
-        if (plans[i].kind == Resize::PoolNearest) {  // arg-maxima scatter into it: zero it
-          for (int64_t r = 0; r < g.h; ++r) {
-            T* row = gplanes[i] + r * g.sh;
-            with_stride(g.sw, [&](auto sw) {
-              for (int64_t u = 0; u < g.w; ++u) row[u * sw] = T(0);
-            });
-          }
-        }
-      }
-      // Writes zeros to the gradient rows [next_row, end) of a non-pooled input that no output
-      // row reads.
-      auto zero_rows = [&](int64_t i, int64_t end_row) {
-        const Strided4& g = grad_strides[i];
-        for (; next_row[i] < end_row; ++next_row[i]) {
-          T* row = gplanes[i] + next_row[i] * g.sh;
-          with_stride(g.sw, [&](auto sw) {
-            for (int64_t u = 0; u < g.w; ++u) row[u * sw] = T(0);
-          });
-        }
-      };
-      const T* go_plane = grad_out + b * gs.sn + c * gs.sc;
-      for (int64_t y = 0; y < H; ++y) {
-        const T* go = go_plane + y * gs.sh;
-        const A* g_row = g_sum.data();
-        if (swish) {
-          add_input_row<false, true>(planes[0], plans[0], y, w[0], scratch[0], sum.data());
-          for (int64_t i = 1; i < n; ++i)
-            add_input_row<true, true>(planes[i], plans[i], y, w[i], scratch[i], sum.data());
-          neg_exp_row(sum.data(), e.data(), W);
-          with_stride(gs.sw, [&](auto sw) {
-            for (int64_t x = 0; x < W; ++x) {
-              const A v = sum[x], sg = A(1) / (A(1) + e[x]);
-              g_sum[x] = static_cast<A>(go[x * sw]) * sg * (A(1) + v * (A(1) - sg));
-            }
-          });
-        } else {
-          for (int64_t i = 0; i < n; ++i)  // only the pooled rows and their arg-maxima
-            if (plans[i].kind == Resize::PoolNearest)
-              pool_row<true>(planes[i], plans[i], plans[i].rows[y], scratch[i]);
-          if (std::is_same<T, A>::value && gs.sw == 1) {
-            g_row = reinterpret_cast<const A*>(go);
-          } else {
-            with_stride(gs.sw, [&](auto sw) {
-              for (int64_t x = 0; x < W; ++x) g_sum[x] = static_cast<A>(go[x * sw]);
-            });
-          }
-        }
-        for (int64_t i = 0; i < n; ++i) {
-          const Plan& p = plans[i];
-          InputScratch<A>& sc = scratch[i];
-          const bool pooled = p.kind == Resize::PoolNearest;
-          const int64_t r = p.rows[y], first = p.row_start[r], last = p.row_start[r + 1] - 1;
-          const T* src = planes[i] + r * p.s.sh;
-          partial[i] += pooled ? row_dot(g_row, sc.pooled.data(), 1, p)
-                               : row_dot(g_row, src, p.s.sw, p);
-          // The gradient of mid row r is vals * scale: w_i * g_row itself when that is the only
-          // output row reading it, column for column, else the sum over its rows and columns.
-          const A* vals = g_row;
-          A scale = w[i];
-          if (first != last || p.cols_kind != Cols::Same) {
-            add_columns(g_row, w[i], p, y == first, sc.mid_grad.data());
-            if (y != last) continue;
-            vals = sc.mid_grad.data();
-            scale = A(1);
-          }
-          const Strided4& g = grad_strides[i];
-          if (pooled) {
-            T* gplane = gplanes[i];
-            const int32_t* arg_row = sc.arg_row.data();
-            const int32_t* arg_col = sc.arg_col.data();
-            for (int64_t q = 0; q < p.mid_w; ++q)
-              gplane[arg_row[q] * g.sh + arg_col[q] * g.sw] += static_cast<T>(scale * vals[q]);
-          } else {
-            zero_rows(i, r);
-            next_row[i] = r + 1;
-            T* dst = gplanes[i] + r * g.sh;
-            with_stride(g.sw, [&](auto sw) {
-              for (int64_t k = 0; k < p.mid_w; ++k) dst[k * sw] = static_cast<T>(scale * vals[k]);
-            });
-          }
-        }
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        if (plans[i].kind != Resize::PoolNearest) zero_rows(i, plans[i].mid_h);
-        weight_partials[plane * n + i] = partial[i];
-      }
-    }
-  });
+  at::parallel_for(0, gs.n * gs.c, grain_for(gs.h * gs.w, kMinTaskElements),
+                   [&](int64_t begin, int64_t end) {
+                     backward_planes(plans, data, w, swish, grad_out, gs, grads, grad_strides,
+                                     weight_partials, begin, end);
+                   });
 }
 
 // Gradient buffers in output_format (as the fake kernel allocates them), without copying inputs.

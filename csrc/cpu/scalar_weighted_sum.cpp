@@ -158,26 +158,26 @@ void add_row(A* acc, const S* src, int64_t stride, const Plan& p, A w) {
   });
 }
 
-// sum_x g[x] * src[cols(x) * stride]: one output row's share of dL/dw.
-template <typename S, typename A> A row_dot(const A* g, const S* src, int64_t stride, const Plan& p) {
+// dot[k] += g[x] * src[k * stride] for the output columns x reading column k: one output row's
+// share of dL/dw, kept per column (Cols::Table: in dot[0]) so that no row pays a horizontal sum.
+template <typename S, typename A>
+void add_products(const A* g, const S* src, int64_t stride, const Plan& p, A* dot) {
   const int64_t W = static_cast<int64_t>(p.cols.size());
-  A dot = 0;  // vectorised: a fixed order per build
   if (p.cols_kind == Cols::Table) {
     const int64_t* cols = p.cols.data();
-    for (int64_t x = 0; x < W; ++x) dot += g[x] * static_cast<A>(src[cols[x] * stride]);
-    return dot;
+    A sum = 0;
+    for (int64_t x = 0; x < W; ++x) sum += g[x] * static_cast<A>(src[cols[x] * stride]);
+    dot[0] += sum;
+    return;
   }
   with_stride(stride, [&](auto sw) {
     if (p.cols_kind == Cols::Same) {
-#pragma omp simd reduction(+ : dot)
-      for (int64_t x = 0; x < W; ++x) dot += g[x] * static_cast<A>(src[x * sw]);
+      for (int64_t x = 0; x < W; ++x) dot[x] += g[x] * static_cast<A>(src[x * sw]);
     } else {
-#pragma omp simd reduction(+ : dot)
       for (int64_t k = 0; k < p.mid_w; ++k)
-        dot += (g[2 * k] + g[2 * k + 1]) * static_cast<A>(src[k * sw]);
+        dot[k] += (g[2 * k] + g[2 * k + 1]) * static_cast<A>(src[k * sw]);
     }
   });
-  return dot;
 }
 
 // mid[cols(x)] += w * g[x] over one output row, in x order (mid starts from 0 when `first`).
@@ -235,6 +235,7 @@ template <typename A> struct InputScratch {
   std::vector<A> pooled;            // the pooled row `pooled_row`
   std::vector<int32_t> arg_row, arg_col;  // each pooled window's arg-max (32-bit: vectorises)
   std::vector<A> mid_grad;          // backward: the gradient of the current mid row
+  std::vector<A> dot;               // backward: this plane's dL/dw_i per mid column
   int64_t pooled_row = -1;
 
   InputScratch(const Plan& p, int64_t W, bool backward) {
@@ -247,7 +248,10 @@ template <typename A> struct InputScratch {
         arg_col.resize(p.mid_w);
       }
     }
-    if (backward) mid_grad.resize(p.mid_w);
+    if (backward) {
+      mid_grad.resize(p.mid_w);
+      dot.resize(p.mid_w);
+    }
   }
 };
 
@@ -412,13 +416,13 @@ RTSEG_SIMD_CLONES void backward_planes(const std::vector<Plan>& plans,
     const T* planes[kMaxInputs];
     T* gplanes[kMaxInputs];
     int64_t next_row[kMaxInputs];  // the first mid row whose gradient is not written yet
-    double partial[kMaxInputs] = {0, 0, 0, 0};
     for (int64_t i = 0; i < n; ++i) {
       const Strided4& g = grad_strides[i];
       planes[i] = data[i] + b * plans[i].s.sn + c * plans[i].s.sc;
       gplanes[i] = grads[i] + b * g.sn + c * g.sc;
       next_row[i] = 0;
       scratch[i].pooled_row = -1;
+      std::fill(scratch[i].dot.begin(), scratch[i].dot.end(), A(0));
       if (plans[i].kind == Resize::PoolNearest) {  // arg-maxima scatter into it: zero it
         for (int64_t r = 0; r < g.h; ++r) {
           T* row = gplanes[i] + r * g.sh;
@@ -472,8 +476,8 @@ RTSEG_SIMD_CLONES void backward_planes(const std::vector<Plan>& plans,
         const bool pooled = p.kind == Resize::PoolNearest;
         const int64_t r = p.rows[y], first = p.row_start[r], last = p.row_start[r + 1] - 1;
         const T* src = planes[i] + r * p.s.sh;
-        partial[i] += pooled ? row_dot(g_row, sc.pooled.data(), 1, p)
-                             : row_dot(g_row, src, p.s.sw, p);
+        if (pooled) add_products(g_row, sc.pooled.data(), 1, p, sc.dot.data());
+        else add_products(g_row, src, p.s.sw, p, sc.dot.data());
         // The gradient of mid row r is vals * scale: w_i * g_row itself when that is the only
         // output row reading it, column for column, else the sum over its rows and columns.
         const A* vals = g_row;
@@ -503,7 +507,9 @@ RTSEG_SIMD_CLONES void backward_planes(const std::vector<Plan>& plans,
     }
     for (int64_t i = 0; i < n; ++i) {
       if (plans[i].kind != Resize::PoolNearest) zero_rows(i, plans[i].mid_h);
-      weight_partials[plane * n + i] = partial[i];
+      double partial = 0;  // in column order: fixed for any thread count
+      for (A d : scratch[i].dot) partial += d;
+      weight_partials[plane * n + i] = partial;
     }
   }
 }

@@ -31,7 +31,7 @@ namespace {
 constexpr int64_t kMaxInputs = 4;
 // Planes per task so that a task covers at least this many output elements: small calls then run
 // inline instead of paying for waking the thread pool.
-constexpr int64_t kMinTaskElements = 1 << 17;
+constexpr int64_t kMinTaskElements = 1 << 15;
 
 void check_args(at::TensorList inputs, const at::Tensor& weights,
                 const std::optional<c10::string_view>& activation) {

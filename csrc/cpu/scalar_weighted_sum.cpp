@@ -29,8 +29,8 @@ namespace rtseg {
 namespace {
 
 constexpr int64_t kMaxInputs = 4;
-// Planes per task so that a task covers at least this many output elements: small calls then run
-// inline instead of paying for waking the thread pool.
+// Planes per task so that a task reads and writes at least this many elements (plane_elements):
+// small calls then run inline instead of paying for waking the thread pool.
 constexpr int64_t kMinTaskElements = 1 << 15;
 
 void check_args(at::TensorList inputs, const at::Tensor& weights,
@@ -514,10 +514,18 @@ RTSEG_SIMD_CLONES void backward_planes(const std::vector<Plan>& plans,
   }
 }
 
+// Elements one plane task reads and writes: the output plane and every input plane (a pooled input
+// costs four times its output).
+int64_t plane_elements(const std::vector<Plan>& plans, const Strided4& out) {
+  int64_t n = out.h * out.w;
+  for (const Plan& p : plans) n += p.s.h * p.s.w;
+  return n;
+}
+
 template <typename T>
 void forward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
              const std::vector<acc_t<T>>& w, bool swish, T* out, Strided4 os) {
-  at::parallel_for(0, os.n * os.c, grain_for(os.h * os.w, kMinTaskElements),
+  at::parallel_for(0, os.n * os.c, grain_for(plane_elements(plans, os), kMinTaskElements),
                    [&](int64_t begin, int64_t end) {
                      forward_planes(plans, data, w, swish, out, os, begin, end);
                    });
@@ -528,7 +536,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
               const std::vector<acc_t<T>>& w, bool swish, const T* grad_out, Strided4 gs,
               const std::vector<T*>& grads, const std::vector<Strided4>& grad_strides,
               double* weight_partials) {
-  at::parallel_for(0, gs.n * gs.c, grain_for(gs.h * gs.w, kMinTaskElements),
+  at::parallel_for(0, gs.n * gs.c, grain_for(plane_elements(plans, gs), kMinTaskElements),
                    [&](int64_t begin, int64_t end) {
                      backward_planes(plans, data, w, swish, grad_out, gs, grads, grad_strides,
                                      weight_partials, begin, end);

@@ -7,6 +7,7 @@
 // ends: no zero-filling and no read-modify-write of the gradient tensors. Pooled rows scatter
 // into their arg-maxima in the task's own plane, so nothing races; the weight gradients are
 // per-plane partial sums reduced in plane order: bitwise deterministic for any thread count.
+// The op's autograd kernel (all backends) is at the end of this file.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

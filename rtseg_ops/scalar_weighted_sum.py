@@ -2,7 +2,7 @@
 
 The schema takes ``Tensor[] inputs`` rather than four optional tensors: a list carries the 1 to 4
 inputs without placeholder arguments, the backward returns exactly one gradient per input
-(``Tensor[]``; an output cannot be an optional tensor), and opcheck, register_autograd and
+(``Tensor[]``; an output cannot be an optional tensor), and opcheck, the C++ autograd kernel and
 torch.compile(fullgraph=True) all handle tensor lists (tests/test_scalar_weighted_sum.py).
 """
 import importlib.util
@@ -121,18 +121,7 @@ if _backend.extension_loaded():
         grads = [torch.empty_like(x, memory_format=output_memory_format(x)) for x in inputs]
         return grads, weights.new_empty(weights.shape)
 
-    def _setup_context(ctx, inputs, output):
-        tensors, weights, normalize, eps, activation = inputs
-        ctx.save_for_backward(weights, *tensors)
-        ctx.args = (normalize, eps, activation)
-
-    def _backward(ctx, grad_output):
-        weights, *tensors = ctx.saved_tensors
-        grads, grad_weights = torch.ops.rtseg.scalar_weighted_sum_backward(
-            grad_output, tensors, weights, *ctx.args)
-        return list(grads), grad_weights, None, None, None
-
-    torch.library.register_autograd("rtseg::scalar_weighted_sum", _backward,
-                                    setup_context=_setup_context)
+    # The autograd kernel is C++ (csrc/cpu/scalar_weighted_sum.cpp): register_autograd's Python
+    # Function cost more than the kernels at the small SGCPNet nodes.
 
 _backend.register_op("scalar_weighted_sum", cpu="C++", cuda="Triton")

@@ -14,7 +14,7 @@
 #include <limits>
 #include <vector>
 
-#include "cpu_isa.h"
+#include "cpu/simd_dispatch.h"
 #include "pixel_context_attention.h"
 
 namespace rtseg {
@@ -60,7 +60,7 @@ at::Tensor tile_buffer(int slot, int64_t M, int64_t n, const at::TensorOptions& 
 
 // s <- scale * s - shift, column by column.
 template <typename T>
-RTSEG_CPU_CLONES void subtract_columns(T* s, const T* shift, int64_t M, int64_t n, T scale) {
+RTSEG_SIMD_CLONES void subtract_columns(T* s, const T* shift, int64_t M, int64_t n, T scale) {
   for (int64_t m = 0; m < M; ++m) {
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) s[m * n + j] = scale * s[m * n + j] - shift[j];
@@ -70,7 +70,7 @@ RTSEG_CPU_CLONES void subtract_columns(T* s, const T* shift, int64_t M, int64_t 
 // shift <- the column maxima of scale * s (which keeps exp() in range whatever the sign of scale);
 // then s <- scale * s - shift.
 template <typename T>
-RTSEG_CPU_CLONES void shift_columns(T* s, T* shift, int64_t M, int64_t n, T scale) {
+RTSEG_SIMD_CLONES void shift_columns(T* s, T* shift, int64_t M, int64_t n, T scale) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) shift[j] = -std::numeric_limits<T>::infinity();
   for (int64_t m = 0; m < M; ++m) {
@@ -82,7 +82,7 @@ RTSEG_CPU_CLONES void shift_columns(T* s, T* shift, int64_t M, int64_t n, T scal
 
 // exp(logits) -> probabilities, column by column; lse (the shift) gains the sums' logs.
 template <typename T>
-RTSEG_CPU_CLONES void normalize_columns(T* s, T* lse, int64_t M, int64_t n) {
+RTSEG_SIMD_CLONES void normalize_columns(T* s, T* lse, int64_t M, int64_t n) {
   T sum[kTile], inv[kTile];
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) sum[j] = 0;
@@ -102,7 +102,7 @@ RTSEG_CPU_CLONES void normalize_columns(T* s, T* lse, int64_t M, int64_t n) {
 // ds <- scale * P * (dP - colsum(P * dP)), in place. With all M rows of a column at hand,
 // colsum(P * dP) equals flash-attention's <dO, O> without reading the output.
 template <typename T>
-RTSEG_CPU_CLONES void softmax_backward_columns(const T* p, T* ds, int64_t M, int64_t n, T scale) {
+RTSEG_SIMD_CLONES void softmax_backward_columns(const T* p, T* ds, int64_t M, int64_t n, T scale) {
   T dot[kTile];
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) dot[j] = 0;

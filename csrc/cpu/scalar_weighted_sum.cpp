@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/resize.h"
+#include "cpu/simd_dispatch.h"
 #include "torch_utils.h"
 
 namespace rtseg {
@@ -353,13 +354,8 @@ void add_input_row(const T* plane, const Plan& p, int64_t y, A w, InputScratch<A
   }
 }
 
-// The per-plane loops are also compiled for AVX-512 and AVX2 (picked when the library loads) with
-// every helper inlined, so that the row loops and the exp use the wider vectors.
-#if defined(__GNUC__) && defined(__x86_64__)
-#define RTSEG_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
-#else
-#define RTSEG_SIMD_CLONES
-#endif
+// The per-plane loops are also compiled for AVX-512 and AVX2 (simd_dispatch.h), so that the row
+// loops and the exp use the wider vectors.
 
 // Planes [begin, end) of the output.
 template <typename T>

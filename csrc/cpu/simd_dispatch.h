@@ -5,9 +5,14 @@
 // the helpers it inlines take the caller's target), for AVX-512, for AVX2 + FMA and for the
 // baseline, and runs the best copy this CPU supports. Helpers called from a body should be
 // RTSEG_SIMD_BODY too: an out-of-line call runs its baseline code.
+// A whole function over raw pointers can instead be marked RTSEG_SIMD_CLONES: GCC builds it for the
+// same levels (as x86-64-v4 and x86-64-v3) with its callees inlined and picks a copy when the
+// library loads. Either way, no torch code is compiled out of line for a wider ISA.
 #if defined(__GNUC__) && defined(__x86_64__)
 
 #define RTSEG_SIMD_BODY __attribute__((always_inline))
+#define RTSEG_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), flatten))
 
 namespace rtseg {
 namespace simd_detail {
@@ -57,6 +62,7 @@ void simd_dispatch(const F& body) {
 #else
 
 #define RTSEG_SIMD_BODY
+#define RTSEG_SIMD_CLONES
 
 namespace rtseg {
 template <typename F>

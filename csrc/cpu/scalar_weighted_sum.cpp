@@ -9,8 +9,6 @@
 // per-plane partial sums reduced in plane order: bitwise deterministic for any thread count.
 // The op's autograd kernel (all backends) is at the end of this file.
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -613,67 +611,11 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> scalar_weighted_sum_backward_cpu
   return {grads, grad_weights};
 }
 
-// Autograd for every backend, in C++: torch.library.register_autograd's Python Function (pytree
-// of the tensor list, setup_context, the Python backward) cost ~100 us per forward+backward,
-// more than the kernels at SGCPNet's small nodes. Both steps dispatch to the backend's kernel
-// (C++ here, Triton on CUDA) or to the fake kernels under torch.compile.
-class ScalarWeightedSumFunction : public torch::autograd::Function<ScalarWeightedSumFunction> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::TensorList inputs,
-                            const at::Tensor& weights, bool normalize, double eps,
-                            std::optional<c10::string_view> activation) {
-    static const auto op = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("rtseg::scalar_weighted_sum", "")
-        .typed<decltype(scalar_weighted_sum_cpu)>();
-    at::Tensor out;
-    {
-      at::AutoDispatchBelowADInplaceOrView guard;
-      out = op.call(inputs, weights, normalize, eps, activation);
-    }
-    std::vector<at::Tensor> saved(inputs.begin(), inputs.end());
-    saved.push_back(weights);
-    ctx->save_for_backward(saved);
-    ctx->saved_data["normalize"] = normalize;
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["swish"] = activation.has_value();
-    return out;
-  }
-
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grad_outputs) {
-    static const auto op = c10::Dispatcher::singleton()
-        .findSchemaOrThrow("rtseg::scalar_weighted_sum_backward", "")
-        .typed<decltype(scalar_weighted_sum_backward_cpu)>();
-    auto saved = ctx->get_saved_variables();
-    const at::Tensor weights = saved.back();
-    saved.pop_back();
-    const std::optional<c10::string_view> activation =
-        ctx->saved_data["swish"].toBool() ? std::optional<c10::string_view>("swish")
-                                          : std::nullopt;
-    auto [grads, grad_weights] =
-        op.call(grad_outputs[0], saved, weights, ctx->saved_data["normalize"].toBool(),
-                ctx->saved_data["eps"].toDouble(), activation);
-    grads.push_back(grad_weights);
-    grads.resize(grads.size() + 3);  // normalize, eps, activation
-    return grads;
-  }
-};
-
-at::Tensor scalar_weighted_sum_autograd(at::TensorList inputs, const at::Tensor& weights,
-                                        bool normalize, double eps,
-                                        std::optional<c10::string_view> activation) {
-  return ScalarWeightedSumFunction::apply(inputs, weights, normalize, eps, activation);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rtseg, CPU, m) {
   m.impl("scalar_weighted_sum", &scalar_weighted_sum_cpu);
   m.impl("scalar_weighted_sum_backward", &scalar_weighted_sum_backward_cpu);
-}
-
-TORCH_LIBRARY_IMPL(rtseg, Autograd, m) {
-  m.impl("scalar_weighted_sum", &scalar_weighted_sum_autograd);
 }
 
 }  // namespace rtseg

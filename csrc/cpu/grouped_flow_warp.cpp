@@ -1,47 +1,191 @@
 // grouped_flow_warp on the CPU: per output row, the bilinear taps of every pixel are computed once
-// per group and reused by all of the group's channels.
+// per group and reused by all of the group's channels. The taps are stored as arrays per corner,
+// so that on AVX-512 CPUs a row of one channel is sampled with 16-lane gathers.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define RTSEG_AVX512_DISPATCH 1
+#endif
 
 #include "grouped_flow_warp.h"
 
 namespace rtseg {
 namespace {
 
-// Taps is BilinearTaps<T> (backward) or the smaller SampleTaps<T> (forward).
-template <typename T, typename Taps>
-void taps_for_row(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
-                  const Strided4& in, bool align_corners, Padding padding, Taps* taps) {
-  const T* dx = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
-  const T* dy = dx + fs.sc;
-  for (int64_t x = 0; x < fs.w; ++x) {
-    const auto pos = flow_warp_position<T>(x, y, dx[x * fs.sw], dy[x * fs.sw], fs.h, fs.w, in.h,
-                                           in.w, align_corners);
-    const auto full = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
-    if constexpr (std::is_same_v<Taps, SampleTaps<T>>) {
-      taps[x] = sample_taps(full);
-    } else {
-      taps[x] = full;
+// The taps of one output row: corner k of pixel x reads offset[k][x] with weight[k][x], and its
+// weight's derivatives are dx[k][x], dy[k][x] (filled for backward only). Index is int32_t when
+// every offset of the plane fits, which the vector gathers need, else int64_t.
+template <typename T, typename Index> struct RowTaps {
+  std::vector<Index> offset[4];
+  std::vector<T> weight[4], dx[4], dy[4];
+
+  RowTaps(int64_t W, bool grads) {
+    for (int k = 0; k < 4; ++k) {
+      offset[k].resize(W);
+      weight[k].resize(W);
+      if (grads) {
+        dx[k].resize(W);
+        dy[k].resize(W);
+      }
     }
+  }
+
+  void fill(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
+            const Strided4& in, bool align_corners, Padding padding) {
+    const T* flow_x = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
+    const T* flow_y = flow_x + fs.sc;
+    const bool grads = !dx[0].empty();
+    for (int64_t x = 0; x < fs.w; ++x) {
+      const auto pos = flow_warp_position<T>(x, y, flow_x[x * fs.sw], flow_y[x * fs.sw], fs.h,
+                                             fs.w, in.h, in.w, align_corners);
+      const auto t = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
+      for (int k = 0; k < 4; ++k) {
+        offset[k][x] = static_cast<Index>(t.offset[k]);
+        weight[k][x] = t.weight[k];
+        if (grads) {
+          dx[k][x] = t.dweight_dx[k];
+          dy[k][x] = t.dweight_dy[k];
+        }
+      }
+    }
+  }
+
+  // corner_used() of bilinear.h.
+  bool used(int k, int64_t x) const {
+    return weight[k][x] != T(0) || dx[k][x] != T(0) || dy[k][x] != T(0);
+  }
+};
+
+// Whether an h x w plane with strides (sy, sx) has only int32 offsets.
+bool offsets_fit_int32(const Strided4& in) {
+  return (in.h - 1) * in.sh + (in.w - 1) * in.sw <= std::numeric_limits<int32_t>::max();
+}
+
+#ifdef RTSEG_AVX512_DISPATCH
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+__mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+
+// Unused corners (weight 0) are masked out of the gather, so they read nothing (see
+// interpolate()).
+__attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
+                                                          const RowTaps<float, int32_t>& t,
+                                                          int64_t W, float* out) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t x = 0; x < W; x += 16) {
+    const __mmask16 lanes = first_lanes(W - x);
+    __m512 acc = zero;
+    for (int k = 0; k < 4; ++k) {
+      const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
+      const __mmask16 used = _mm512_mask_cmp_ps_mask(lanes, w, zero, _CMP_NEQ_UQ);
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[k].data() + x);
+      acc = _mm512_fmadd_ps(w, _mm512_mask_i32gather_ps(zero, used, idx, plane, 4), acc);
+    }
+    _mm512_mask_storeu_ps(out + x, lanes, acc);
   }
 }
 
-template <typename T>
+// The input values are gathered 16 lanes at a time; the input-gradient adds go lane by lane,
+// since neighbouring pixels often share a corner.
+__attribute__((target("avx512f"))) void backprop_row_avx512(const float* plane, float* gplane,
+                                                            const float* go,
+                                                            const RowTaps<float, int32_t>& t,
+                                                            int64_t W, float* gx, float* gy) {
+  const __m512 zero = _mm512_setzero_ps();
+  alignas(64) float add[16];
+  for (int64_t x = 0; x < W; x += 16) {
+    const __mmask16 lanes = first_lanes(W - x);
+    const __m512 g = _mm512_maskz_loadu_ps(lanes, go + x);
+    __m512 vx = zero, vy = zero;
+    for (int k = 0; k < 4; ++k) {
+      const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
+      const __m512 dx = _mm512_maskz_loadu_ps(lanes, t.dx[k].data() + x);
+      const __m512 dy = _mm512_maskz_loadu_ps(lanes, t.dy[k].data() + x);
+      const __mmask16 used = _mm512_mask_cmp_ps_mask(lanes, w, zero, _CMP_NEQ_UQ) |
+                             _mm512_mask_cmp_ps_mask(lanes, dx, zero, _CMP_NEQ_UQ) |
+                             _mm512_mask_cmp_ps_mask(lanes, dy, zero, _CMP_NEQ_UQ);
+      const int32_t* offset = t.offset[k].data() + x;
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, offset);
+      const __m512 v = _mm512_mask_i32gather_ps(zero, used, idx, plane, 4);
+      vx = _mm512_fmadd_ps(dx, v, vx);
+      vy = _mm512_fmadd_ps(dy, v, vy);
+      _mm512_store_ps(add, _mm512_mul_ps(w, g));
+      for (unsigned m = used; m != 0; m &= m - 1) {
+        const int i = __builtin_ctz(m);
+        gplane[offset[i]] += add[i];
+      }
+    }
+    _mm512_mask_storeu_ps(gx + x, lanes, _mm512_fmadd_ps(vx, g, _mm512_maskz_loadu_ps(lanes, gx + x)));
+    _mm512_mask_storeu_ps(gy + x, lanes, _mm512_fmadd_ps(vy, g, _mm512_maskz_loadu_ps(lanes, gy + x)));
+  }
+}
+#endif
+
+// out[x] for x < W: one channel's row from its plane.
+template <typename T, typename Index>
+void sample_row(const T* plane, const RowTaps<T, Index>& t, int64_t W, T* out) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512()) return sample_row_avx512(plane, t, W, out);
+  }
+#endif
+  for (int64_t x = 0; x < W; ++x) {
+    T v = T(0);
+    for (int k = 0; k < 4; ++k) {
+      if (t.weight[k][x] != T(0)) v += t.weight[k][x] * plane[t.offset[k][x]];
+    }
+    out[x] = v;
+  }
+}
+
+// One channel's row of gradient go: scatters into its input-gradient plane and adds the
+// channel's share of the flow gradients (before the d(ix)/d(dx) factor) to gx and gy.
+template <typename T, typename Index>
+void backprop_row(const T* plane, T* gplane, const T* go, const RowTaps<T, Index>& t, int64_t W,
+                  T* gx, T* gy) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512()) return backprop_row_avx512(plane, gplane, go, t, W, gx, gy);
+  }
+#endif
+  for (int64_t x = 0; x < W; ++x) {
+    T vx = 0, vy = 0;
+    for (int k = 0; k < 4; ++k) {
+      if (!t.used(k, x)) continue;  // outside: see interpolate()
+      const T v = plane[t.offset[k][x]];
+      gplane[t.offset[k][x]] += t.weight[k][x] * go[x];
+      vx += t.dx[k][x] * v;
+      vy += t.dy[k][x] * v;
+    }
+    gx[x] += vx * go[x];
+    gy[x] += vy * go[x];
+  }
+}
+
+template <typename T, typename Index>
 void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, Strided4 os,
              int64_t groups, Padding padding, bool align_corners) {
   const int64_t cg = in.c / groups;
   at::parallel_for(0, in.n * groups * fs.h, grain_for(cg * fs.w), [&](int64_t begin, int64_t end) {
-    std::vector<SampleTaps<T>> taps(fs.w);
+    RowTaps<T, Index> taps(fs.w, false);
+    std::vector<T> strided_row(os.sw == 1 ? 0 : fs.w);  // staging for non-unit output strides
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % fs.h, g = (task / fs.h) % groups, b = task / (fs.h * groups);
-      taps_for_row(flow, fs, b, g, y, in, align_corners, padding, taps.data());
+      taps.fill(flow, fs, b, g, y, in, align_corners, padding);
       for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const T* plane = input + b * in.sn + c * in.sc;
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
-        for (int64_t x = 0; x < fs.w; ++x) {
-          row[x * os.sw] = interpolate(taps[x], [plane](int64_t o) { return plane[o]; });
+        sample_row(input + b * in.sn + c * in.sc, taps, fs.w,
+                   os.sw == 1 ? row : strided_row.data());
+        if (os.sw != 1) {
+          for (int64_t x = 0; x < fs.w; ++x) row[x * os.sw] = strided_row[x];
         }
       }
     }
@@ -51,7 +195,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
 // Each task owns a batch item, a group and a slice of its channels, so its input-gradient
 // scatter never races; flow gradients from several slices are summed afterwards in a fixed
 // order, which keeps the result bitwise deterministic.
-template <typename T>
+template <typename T, typename Index>
 void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const T* flow,
               Strided4 fs, T* grad_in, T* grad_flow_slices, int64_t slices, int64_t groups,
               Padding padding, bool align_corners) {
@@ -62,8 +206,9 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
   const auto pos0 = flow_warp_position<T>(0, 0, T(0), T(0), fs.h, fs.w, in.h, in.w, align_corners);
   at::parallel_for(0, in.n * groups * slices, grain_for(per_slice * fs.h * fs.w),
                    [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTaps<T>> taps(fs.w);
+    RowTaps<T, Index> taps(fs.w, true);
     std::vector<T> gx(fs.w), gy(fs.w);
+    std::vector<T> strided_row(gs.sw == 1 ? 0 : fs.w);  // staging for non-unit gradient strides
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task % slices, g = (task / slices) % groups, b = task / (slices * groups);
       const int64_t c_begin = g * cg + s * per_slice;
@@ -71,27 +216,17 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
       // Flow gradients live in a contiguous (B, 2G, H, W) block per slice.
       T* gflow = grad_flow_slices + s * flow_numel + (b * fs.c + 2 * g) * fs.h * fs.w;
       for (int64_t y = 0; y < fs.h; ++y) {
-        taps_for_row(flow, fs, b, g, y, in, align_corners, padding, taps.data());
+        taps.fill(flow, fs, b, g, y, in, align_corners, padding);
         std::fill(gx.begin(), gx.end(), T(0));
         std::fill(gy.begin(), gy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; ++c) {
-          const T* plane = input + b * in.sn + c * in.sc;
-          T* gplane = grad_in + b * in.sn + c * in.sc;
           const T* go = grad_out + b * gs.sn + c * gs.sc + y * gs.sh;
-          for (int64_t x = 0; x < fs.w; ++x) {
-            const auto& t = taps[x];
-            const T g_o = go[x * gs.sw];
-            T vx = 0, vy = 0;
-            for (int k = 0; k < 4; ++k) {
-              if (!corner_used(t, k)) continue;  // outside: see interpolate()
-              const T v = plane[t.offset[k]];
-              gplane[t.offset[k]] += t.weight[k] * g_o;
-              vx += t.dweight_dx[k] * v;
-              vy += t.dweight_dy[k] * v;
-            }
-            gx[x] += vx * g_o;
-            gy[x] += vy * g_o;
+          if (gs.sw != 1) {
+            for (int64_t x = 0; x < fs.w; ++x) strided_row[x] = go[x * gs.sw];
+            go = strided_row.data();
           }
+          backprop_row(input + b * in.sn + c * in.sc, grad_in + b * in.sn + c * in.sc, go, taps,
+                       fs.w, gx.data(), gy.data());
         }
         for (int64_t x = 0; x < fs.w; ++x) {
           gflow[y * fs.w + x] = gx[x] * pos0.dix_ddx;
@@ -110,10 +245,13 @@ at::Tensor grouped_flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow
                        input.options().memory_format(output_format(input)));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_flow_warp_cpu", [&] {
-    forward<scalar_t>(input.const_data_ptr<scalar_t>(), strided4(input),
-                      flow.const_data_ptr<scalar_t>(), strided4(flow),
-                      out.mutable_data_ptr<scalar_t>(), strided4(out), groups, padding,
-                      align_corners);
+    auto run = [&](auto index) {
+      forward<scalar_t, decltype(index)>(input.const_data_ptr<scalar_t>(), strided4(input),
+                                         flow.const_data_ptr<scalar_t>(), strided4(flow),
+                                         out.mutable_data_ptr<scalar_t>(), strided4(out), groups,
+                                         padding, align_corners);
+    };
+    offsets_fit_int32(strided4(input)) ? run(int32_t()) : run(int64_t());
   });
   return out;
 }
@@ -136,12 +274,14 @@ std::tuple<at::Tensor, at::Tensor> grouped_flow_warp_backward_cpu(
   at::Tensor slice_buffer = slices == 1 ? grad_flow : at::zeros({slices, flow.size(0),
       flow.size(1), flow.size(2), flow.size(3)}, flow.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_flow_warp_backward_cpu", [&] {
-    backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), strided4(grad_output),
-                       input.const_data_ptr<scalar_t>(), strided4(input),
-                       flow.const_data_ptr<scalar_t>(), strided4(flow),
-                       grad_input.mutable_data_ptr<scalar_t>(),
-                       slice_buffer.mutable_data_ptr<scalar_t>(), slices, groups, padding,
-                       align_corners);
+    auto run = [&](auto index) {
+      backward<scalar_t, decltype(index)>(
+          grad_output.const_data_ptr<scalar_t>(), strided4(grad_output),
+          input.const_data_ptr<scalar_t>(), strided4(input), flow.const_data_ptr<scalar_t>(),
+          strided4(flow), grad_input.mutable_data_ptr<scalar_t>(),
+          slice_buffer.mutable_data_ptr<scalar_t>(), slices, groups, padding, align_corners);
+    };
+    offsets_fit_int32(strided4(input)) ? run(int32_t()) : run(int64_t());
   });
   if (slices > 1) grad_flow = slice_buffer.sum(0);
   return {grad_input, grad_flow};

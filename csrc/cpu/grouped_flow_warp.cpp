@@ -68,7 +68,7 @@ bool offsets_fit_int32(const Strided4& in) {
 
 #ifdef RTSEG_AVX512_DISPATCH
 bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f");
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
   return has;
 }
 
@@ -93,14 +93,33 @@ __attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
   }
 }
 
-// The input values are gathered 16 lanes at a time; the input-gradient adds go lane by lane,
-// since neighbouring pixels often share a corner.
-__attribute__((target("avx512f"))) void backprop_row_avx512(const float* plane, float* gplane,
-                                                            const float* go,
-                                                            const RowTaps<float, int32_t>& t,
-                                                            int64_t W, float* gx, float* gy) {
+// base[idx[i]] += val[i] for the lanes in `lanes`, where lanes may share an index. Each lane
+// first adds the values of the earlier lanes with its index (nearest first); the scatter then
+// stores the last lane of each index last, which holds the full sum.
+__attribute__((target("avx512f,avx512cd"))) void scatter_add_avx512(float* base, __m512i idx,
+                                                                    __m512 val,
+                                                                    __mmask16 lanes) {
+  val = _mm512_maskz_mov_ps(lanes, val);  // other lanes may share an index and must add 0
+  __m512i pending = _mm512_maskz_conflict_epi32(lanes, idx);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last_bit = _mm512_set1_epi32(31);
+  __m512 sum = val;
+  for (__mmask16 todo = _mm512_test_epi32_mask(pending, pending); todo != 0;
+       todo = _mm512_test_epi32_mask(pending, pending)) {
+    const __m512i lane = _mm512_sub_epi32(last_bit, _mm512_lzcnt_epi32(pending));
+    sum = _mm512_mask_add_ps(sum, todo, sum, _mm512_permutexvar_ps(lane, val));
+    pending = _mm512_mask_andnot_epi32(pending, todo, _mm512_sllv_epi32(one, lane), pending);
+  }
+  const __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, base, 4);
+  _mm512_mask_i32scatter_ps(base, lanes, idx, _mm512_add_ps(old, sum), 4);
+}
+
+// 16 pixels at a time: gathers of the input values, and scatter_add_avx512 of the
+// input-gradient terms.
+__attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
+    const float* plane, float* gplane, const float* go, const RowTaps<float, int32_t>& t,
+    int64_t W, float* gx, float* gy) {
   const __m512 zero = _mm512_setzero_ps();
-  alignas(64) float add[16];
   for (int64_t x = 0; x < W; x += 16) {
     const __mmask16 lanes = first_lanes(W - x);
     const __m512 g = _mm512_maskz_loadu_ps(lanes, go + x);
@@ -112,16 +131,11 @@ __attribute__((target("avx512f"))) void backprop_row_avx512(const float* plane, 
       const __mmask16 used = _mm512_mask_cmp_ps_mask(lanes, w, zero, _CMP_NEQ_UQ) |
                              _mm512_mask_cmp_ps_mask(lanes, dx, zero, _CMP_NEQ_UQ) |
                              _mm512_mask_cmp_ps_mask(lanes, dy, zero, _CMP_NEQ_UQ);
-      const int32_t* offset = t.offset[k].data() + x;
-      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, offset);
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[k].data() + x);
       const __m512 v = _mm512_mask_i32gather_ps(zero, used, idx, plane, 4);
       vx = _mm512_fmadd_ps(dx, v, vx);
       vy = _mm512_fmadd_ps(dy, v, vy);
-      _mm512_store_ps(add, _mm512_mul_ps(w, g));
-      for (unsigned m = used; m != 0; m &= m - 1) {
-        const int i = __builtin_ctz(m);
-        gplane[offset[i]] += add[i];
-      }
+      scatter_add_avx512(gplane, idx, _mm512_mul_ps(w, g), used);
     }
     _mm512_mask_storeu_ps(gx + x, lanes, _mm512_fmadd_ps(vx, g, _mm512_maskz_loadu_ps(lanes, gx + x)));
     _mm512_mask_storeu_ps(gy + x, lanes, _mm512_fmadd_ps(vy, g, _mm512_maskz_loadu_ps(lanes, gy + x)));

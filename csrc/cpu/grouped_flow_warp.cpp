@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -17,16 +18,19 @@
 namespace rtseg {
 namespace {
 
-// The taps of one output row: corner k of pixel x reads offset[k][x] with weight[k][x], and its
-// weight's derivatives are dx[k][x], dy[k][x] (filled for backward only). Index is int32_t when
-// every offset of the plane fits, which the vector gathers need, else int64_t.
+// The taps of one output row. Corner k = 2 * r + j of pixel x (r: upper or lower input row,
+// j: left or right column) reads offset[r][x] + j * sx with weight[k][x]; its weight's
+// derivatives are dx[k][x], dy[k][x] (filled for backward only). Each input row's two corners
+// are stored as two adjacent columns of the plane (when it is 2 or more wide), even where a corner
+// lies outside and is replaced by an unused one (all zeros), so that vector kernels read both with
+// one 8-byte load. Index is int32_t when every offset of the plane fits, else int64_t.
 template <typename T, typename Index> struct RowTaps {
-  std::vector<Index> offset[4];
+  std::vector<Index> offset[2];
   std::vector<T> weight[4], dx[4], dy[4];
 
   RowTaps(int64_t W, bool grads) {
+    for (int r = 0; r < 2; ++r) offset[r].resize(W);
     for (int k = 0; k < 4; ++k) {
-      offset[k].resize(W);
       weight[k].resize(W);
       if (grads) {
         dx[k].resize(W);
@@ -44,15 +48,30 @@ template <typename T, typename Index> struct RowTaps {
       const auto pos = flow_warp_position<T>(x, y, flow_x[x * fs.sw], flow_y[x * fs.sw], fs.h,
                                              fs.w, in.h, in.w, align_corners);
       const auto t = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
-      for (int k = 0; k < 4; ++k) {
-        offset[k][x] = static_cast<Index>(t.offset[k]);
-        weight[k][x] = t.weight[k];
-        if (grads) {
-          dx[k][x] = t.dweight_dx[k];
-          dy[k][x] = t.dweight_dy[k];
+      for (int r = 0; r < 2; ++r) {
+        // The used corner decides the pair's left column, one left of it at the right edge.
+        const int k0 = corner_used(t, 2 * r) ? 2 * r : 2 * r + 1;
+        const int64_t left = std::max<int64_t>(0, std::min(t.col[k0], in.w - 2));
+        offset[r][x] = static_cast<Index>(t.row[k0] * in.sh + left * in.sw);
+        for (int j = 0; j < 2; ++j) {
+          weight[2 * r + j][x] = T(0);
+          if (grads) dx[2 * r + j][x] = dy[2 * r + j][x] = T(0);
+        }
+        for (int k = 2 * r; k < 2 * r + 2; ++k) {
+          if (!corner_used(t, k)) continue;
+          const int slot = 2 * r + static_cast<int>(t.col[k] - left);
+          weight[slot][x] = t.weight[k];
+          if (grads) {
+            dx[slot][x] = t.dweight_dx[k];
+            dy[slot][x] = t.dweight_dy[k];
+          }
         }
       }
     }
+  }
+
+  Index corner_offset(int k, int64_t x, int64_t sx) const {
+    return offset[k / 2][x] + static_cast<Index>((k % 2) * sx);
   }
 
   // corner_used() of bilinear.h.
@@ -72,10 +91,25 @@ bool cpu_has_avx512() {
   return has;
 }
 
+// The vector kernels read both columns of a pair at once: rows of unit stride, 2 or more wide.
+bool pairs_readable(const Strided4& in) { return in.sw == 1 && in.w >= 2; }
+
 __mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
 
-// Unused corners (weight 0) are masked out of the gather, so they read nothing (see
-// interpolate()).
+// plane[idx[i]] and plane[idx[i] + 1] of 16 pixels i as two vectors, with two 8-lane gathers of
+// 8-byte pairs (half the loads of two 16-lane gathers).
+__attribute__((target("avx512f"))) void gather_pairs(const float* plane, __m512i idx,
+                                                     __m512* left, __m512* right) {
+  const __m512 lo = _mm512_castsi512_ps(
+      _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), plane, 4));
+  const __m512 hi = _mm512_castsi512_ps(
+      _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), plane, 4));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  *left = _mm512_permutex2var_ps(lo, even, hi);
+  *right = _mm512_permutex2var_ps(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi);
+}
+
+// Unused corners (weight 0) are zeroed after the load, so they read nothing (see interpolate()).
 __attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
                                                           const RowTaps<float, int32_t>& t,
                                                           int64_t W, float* out) {
@@ -83,11 +117,14 @@ __attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
   for (int64_t x = 0; x < W; x += 16) {
     const __mmask16 lanes = first_lanes(W - x);
     __m512 acc = zero;
-    for (int k = 0; k < 4; ++k) {
-      const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
-      const __mmask16 used = _mm512_mask_cmp_ps_mask(lanes, w, zero, _CMP_NEQ_UQ);
-      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[k].data() + x);
-      acc = _mm512_fmadd_ps(w, _mm512_mask_i32gather_ps(zero, used, idx, plane, 4), acc);
+    for (int r = 0; r < 2; ++r) {
+      __m512 v[2];
+      gather_pairs(plane, _mm512_maskz_loadu_epi32(lanes, t.offset[r].data() + x), &v[0], &v[1]);
+      for (int j = 0; j < 2; ++j) {
+        const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[2 * r + j].data() + x);
+        const __mmask16 used = _mm512_cmp_ps_mask(w, zero, _CMP_NEQ_UQ);
+        acc = _mm512_fmadd_ps(w, _mm512_maskz_mov_ps(used, v[j]), acc);
+      }
     }
     _mm512_mask_storeu_ps(out + x, lanes, acc);
   }
@@ -114,7 +151,7 @@ __attribute__((target("avx512f,avx512cd"))) void scatter_add_avx512(float* base,
   _mm512_mask_i32scatter_ps(base, lanes, idx, _mm512_add_ps(old, sum), 4);
 }
 
-// 16 pixels at a time: gathers of the input values, and scatter_add_avx512 of the
+// 16 pixels at a time: pair gathers of the input values, and scatter_add_avx512 of the
 // input-gradient terms.
 __attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
     const float* plane, float* gplane, const float* go, const RowTaps<float, int32_t>& t,
@@ -124,18 +161,24 @@ __attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
     const __mmask16 lanes = first_lanes(W - x);
     const __m512 g = _mm512_maskz_loadu_ps(lanes, go + x);
     __m512 vx = zero, vy = zero;
-    for (int k = 0; k < 4; ++k) {
-      const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
-      const __m512 dx = _mm512_maskz_loadu_ps(lanes, t.dx[k].data() + x);
-      const __m512 dy = _mm512_maskz_loadu_ps(lanes, t.dy[k].data() + x);
-      const __mmask16 used = _mm512_mask_cmp_ps_mask(lanes, w, zero, _CMP_NEQ_UQ) |
-                             _mm512_mask_cmp_ps_mask(lanes, dx, zero, _CMP_NEQ_UQ) |
-                             _mm512_mask_cmp_ps_mask(lanes, dy, zero, _CMP_NEQ_UQ);
-      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[k].data() + x);
-      const __m512 v = _mm512_mask_i32gather_ps(zero, used, idx, plane, 4);
-      vx = _mm512_fmadd_ps(dx, v, vx);
-      vy = _mm512_fmadd_ps(dy, v, vy);
-      scatter_add_avx512(gplane, idx, _mm512_mul_ps(w, g), used);
+    for (int r = 0; r < 2; ++r) {
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[r].data() + x);
+      __m512 v[2];
+      gather_pairs(plane, idx, &v[0], &v[1]);
+      for (int j = 0; j < 2; ++j) {
+        const int k = 2 * r + j;
+        const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
+        const __m512 dx = _mm512_maskz_loadu_ps(lanes, t.dx[k].data() + x);
+        const __m512 dy = _mm512_maskz_loadu_ps(lanes, t.dy[k].data() + x);
+        const __mmask16 used = _mm512_cmp_ps_mask(w, zero, _CMP_NEQ_UQ) |
+                               _mm512_cmp_ps_mask(dx, zero, _CMP_NEQ_UQ) |
+                               _mm512_cmp_ps_mask(dy, zero, _CMP_NEQ_UQ);
+        const __m512 value = _mm512_maskz_mov_ps(used, v[j]);
+        vx = _mm512_fmadd_ps(dx, value, vx);
+        vy = _mm512_fmadd_ps(dy, value, vy);
+        scatter_add_avx512(gplane, _mm512_add_epi32(idx, _mm512_set1_epi32(j)),
+                           _mm512_mul_ps(w, g), used);
+      }
     }
     _mm512_mask_storeu_ps(gx + x, lanes, _mm512_fmadd_ps(vx, g, _mm512_maskz_loadu_ps(lanes, gx + x)));
     _mm512_mask_storeu_ps(gy + x, lanes, _mm512_fmadd_ps(vy, g, _mm512_maskz_loadu_ps(lanes, gy + x)));
@@ -145,16 +188,17 @@ __attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
 
 // out[x] for x < W: one channel's row from its plane.
 template <typename T, typename Index>
-void sample_row(const T* plane, const RowTaps<T, Index>& t, int64_t W, T* out) {
+void sample_row(const T* plane, const Strided4& in, const RowTaps<T, Index>& t, int64_t W,
+                T* out) {
 #ifdef RTSEG_AVX512_DISPATCH
   if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
-    if (cpu_has_avx512()) return sample_row_avx512(plane, t, W, out);
+    if (cpu_has_avx512() && pairs_readable(in)) return sample_row_avx512(plane, t, W, out);
   }
 #endif
   for (int64_t x = 0; x < W; ++x) {
     T v = T(0);
     for (int k = 0; k < 4; ++k) {
-      if (t.weight[k][x] != T(0)) v += t.weight[k][x] * plane[t.offset[k][x]];
+      if (t.weight[k][x] != T(0)) v += t.weight[k][x] * plane[t.corner_offset(k, x, in.sw)];
     }
     out[x] = v;
   }
@@ -163,19 +207,22 @@ void sample_row(const T* plane, const RowTaps<T, Index>& t, int64_t W, T* out) {
 // One channel's row of gradient go: scatters into its input-gradient plane and adds the
 // channel's share of the flow gradients (before the d(ix)/d(dx) factor) to gx and gy.
 template <typename T, typename Index>
-void backprop_row(const T* plane, T* gplane, const T* go, const RowTaps<T, Index>& t, int64_t W,
-                  T* gx, T* gy) {
+void backprop_row(const T* plane, T* gplane, const Strided4& in, const T* go,
+                  const RowTaps<T, Index>& t, int64_t W, T* gx, T* gy) {
 #ifdef RTSEG_AVX512_DISPATCH
   if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
-    if (cpu_has_avx512()) return backprop_row_avx512(plane, gplane, go, t, W, gx, gy);
+    if (cpu_has_avx512() && pairs_readable(in)) {
+      return backprop_row_avx512(plane, gplane, go, t, W, gx, gy);
+    }
   }
 #endif
   for (int64_t x = 0; x < W; ++x) {
     T vx = 0, vy = 0;
     for (int k = 0; k < 4; ++k) {
       if (!t.used(k, x)) continue;  // outside: see interpolate()
-      const T v = plane[t.offset[k][x]];
-      gplane[t.offset[k][x]] += t.weight[k][x] * go[x];
+      const Index o = t.corner_offset(k, x, in.sw);
+      const T v = plane[o];
+      gplane[o] += t.weight[k][x] * go[x];
       vx += t.dx[k][x] * v;
       vy += t.dy[k][x] * v;
     }
@@ -196,7 +243,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
       taps.fill(flow, fs, b, g, y, in, align_corners, padding);
       for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
-        sample_row(input + b * in.sn + c * in.sc, taps, fs.w,
+        sample_row(input + b * in.sn + c * in.sc, in, taps, fs.w,
                    os.sw == 1 ? row : strided_row.data());
         if (os.sw != 1) {
           for (int64_t x = 0; x < fs.w; ++x) row[x * os.sw] = strided_row[x];
@@ -239,8 +286,8 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
             for (int64_t x = 0; x < fs.w; ++x) strided_row[x] = go[x * gs.sw];
             go = strided_row.data();
           }
-          backprop_row(input + b * in.sn + c * in.sc, grad_in + b * in.sn + c * in.sc, go, taps,
-                       fs.w, gx.data(), gy.data());
+          backprop_row(input + b * in.sn + c * in.sc, grad_in + b * in.sn + c * in.sc, in, go,
+                       taps, fs.w, gx.data(), gy.data());
         }
         for (int64_t x = 0; x < fs.w; ++x) {
           gflow[y * fs.w + x] = gx[x] * pos0.dix_ddx;

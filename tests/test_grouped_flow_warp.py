@@ -49,11 +49,13 @@ def test_matches_reference(device, groups, in_hw, out_hw, flow_scale, padding_mo
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_layouts(device, layout):
+@pytest.mark.parametrize("padding_mode,align_corners", MODES)
+def test_layouts(device, layout, padding_mode, align_corners):
     """float32 in every layout: the CPU kernel's vector path (rows of 16 pixels plus a tail)."""
     x, flow = make_inputs(C=16, groups=4, in_hw=(7, 9), out_hw=(13, 17), device=device,
                           layout=layout)
-    check_against_reference(op, ref, (x, flow, 4, (13, 17)), atol=1e-5, rtol=1e-5)
+    check_against_reference(op, ref, (x, flow, 4, (13, 17), padding_mode, align_corners),
+                            atol=1e-5, rtol=1e-5)
     if layout == "channels_last":
         assert op(x, flow, 4, (13, 17)).is_contiguous(memory_format=torch.channels_last)
 

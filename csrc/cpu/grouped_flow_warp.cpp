@@ -109,6 +109,127 @@ __attribute__((target("avx512f"))) void gather_pairs(const float* plane, __m512i
   *right = _mm512_permutex2var_ps(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi);
 }
 
+// unnormalize() of 16 coordinates.
+__attribute__((target("avx512f"))) __m512 unnormalize_avx512(__m512 c, int64_t size,
+                                                             bool align_corners) {
+  const __m512 one = _mm512_set1_ps(1.f), half = _mm512_set1_ps(0.5f);
+  return align_corners ? _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(c, one), half),
+                                       _mm512_set1_ps(float(size - 1)))
+                       : _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(c, one),
+                                                                   _mm512_set1_ps(float(size))),
+                                                     one),
+                                       half);
+}
+
+// bilinear_taps()'s padding of 16 coordinates: border clamps to the plane (slope 0 at and
+// beyond the edges); zeros clamps to [-2, size + 1], which maps nan to -2 (max and min return
+// their second operand on nan).
+__attribute__((target("avx512f"))) __m512 pad_avx512(__m512 c, int64_t size, Padding padding,
+                                                     __m512* slope) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
+  if (padding == Padding::Border) {
+    const __m512 hi_value = _mm512_set1_ps(float(size - 1));
+    const __mmask16 lo = _mm512_cmp_ps_mask(c, zero, _CMP_LE_OQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(c, hi_value, _CMP_GE_OQ);
+    *slope = _mm512_mask_mov_ps(one, lo | hi, zero);
+    return _mm512_mask_mov_ps(_mm512_mask_mov_ps(c, hi, hi_value), lo, zero);
+  }
+  *slope = one;
+  return _mm512_min_ps(_mm512_max_ps(c, _mm512_set1_ps(-2.f)), _mm512_set1_ps(float(size + 1)));
+}
+
+// v[0] where from[0], v[1] where from[1], else 0.
+__attribute__((target("avx512f"))) __m512 pick(const __mmask16* from, const __m512* v) {
+  return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(from[0], v[0]), from[1], v[1]);
+}
+
+// RowTaps::fill for 16 pixels at a time: the operations of flow_warp_position and
+// bilinear_taps in the same order (g++ may fuse a multiply and an add, as nvcc does in the CUDA
+// kernel: positions then differ from the scalar path's by rounding). Needs unit-stride flow rows
+// and pairs_readable() planes.
+__attribute__((target("avx512f"))) void fill_avx512(RowTaps<float, int32_t>& t, const float* flow,
+                                                    const Strided4& fs, int64_t b, int64_t g,
+                                                    int64_t y, const Strided4& in,
+                                                    bool align_corners, Padding padding) {
+  const float* flow_x = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
+  const float* flow_y = flow_x + fs.sc;
+  const bool grads = !t.dx[0].empty();
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f), minus = _mm512_set1_ps(-1.f);
+  const __m512i izero = _mm512_setzero_si512(), ione = _mm512_set1_epi32(1);
+  const __m512i w_in = _mm512_set1_epi32(static_cast<int32_t>(in.w));
+  const __m512i h_in = _mm512_set1_epi32(static_cast<int32_t>(in.h));
+  const __m512i sy = _mm512_set1_epi32(static_cast<int32_t>(in.sh));
+  const float gy_base = linspace_pm1<float>(y, fs.h);
+  for (int64_t x = 0; x < fs.w; x += 16) {
+    const __mmask16 lanes = first_lanes(fs.w - x);
+    const __m512 xf = _mm512_cvtepi32_ps(_mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int32_t>(x)),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+    const __m512 gx_base =
+        fs.w > 1 ? _mm512_add_ps(_mm512_set1_ps(-1.f),
+                                 _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(2.f), xf),
+                                               _mm512_set1_ps(float(fs.w - 1))))
+                 : _mm512_set1_ps(-1.f);
+    const __m512 fdx = _mm512_maskz_loadu_ps(lanes, flow_x + x);
+    const __m512 fdy = _mm512_maskz_loadu_ps(lanes, flow_y + x);
+    __m512 slope_x, slope_y;
+    const __m512 gx = _mm512_add_ps(gx_base, _mm512_div_ps(fdx, _mm512_set1_ps(float(fs.w))));
+    const __m512 gy = _mm512_add_ps(_mm512_set1_ps(gy_base),
+                                    _mm512_div_ps(fdy, _mm512_set1_ps(float(fs.h))));
+    const __m512 ix = pad_avx512(unnormalize_avx512(gx, in.w, align_corners), in.w, padding,
+                                 &slope_x);
+    const __m512 iy = pad_avx512(unnormalize_avx512(gy, in.h, align_corners), in.h, padding,
+                                 &slope_y);
+    const __m512 fx = _mm512_roundscale_ps(ix, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 fy = _mm512_roundscale_ps(iy, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512i x0 = _mm512_cvttps_epi32(fx), y0 = _mm512_cvttps_epi32(fy);
+    const __m512 tx = _mm512_sub_ps(ix, fx), ty = _mm512_sub_ps(iy, fy);
+    const __m512 wx[2] = {_mm512_sub_ps(one, tx), tx}, wy[2] = {_mm512_sub_ps(one, ty), ty};
+    const __m512i xs[2] = {x0, _mm512_add_epi32(x0, ione)};
+    const __m512i ys[2] = {y0, _mm512_add_epi32(y0, ione)};
+    __mmask16 x_in[2], y_in[2];
+    for (int j = 0; j < 2; ++j) {
+      x_in[j] = _mm512_cmpge_epi32_mask(xs[j], izero) & _mm512_cmplt_epi32_mask(xs[j], w_in);
+      y_in[j] = _mm512_cmpge_epi32_mask(ys[j], izero) & _mm512_cmplt_epi32_mask(ys[j], h_in);
+    }
+    for (int r = 0; r < 2; ++r) {
+      __m512 weight[2], ddx[2], ddy[2];
+      __mmask16 used[2];
+      for (int j = 0; j < 2; ++j) {
+        const __mmask16 inside = x_in[j] & y_in[r] & lanes;
+        weight[j] = _mm512_maskz_mul_ps(inside, wx[j], wy[r]);
+        ddx[j] = _mm512_maskz_mul_ps(inside, _mm512_mul_ps(j ? one : minus, wy[r]), slope_x);
+        ddy[j] = _mm512_maskz_mul_ps(inside, _mm512_mul_ps(wx[j], r ? one : minus), slope_y);
+        used[j] = _mm512_cmp_ps_mask(weight[j], zero, _CMP_NEQ_UQ) |
+                  _mm512_cmp_ps_mask(ddx[j], zero, _CMP_NEQ_UQ) |
+                  _mm512_cmp_ps_mask(ddy[j], zero, _CMP_NEQ_UQ);
+      }
+      // The pair's left column: the used corner's, one left of it at the right edge.
+      const __m512i col = _mm512_mask_mov_epi32(xs[1], used[0], xs[0]);
+      const __m512i left = _mm512_max_epi32(
+          izero, _mm512_min_epi32(col, _mm512_set1_epi32(static_cast<int32_t>(in.w - 2))));
+      const __mmask16 any = used[0] | used[1];
+      const __m512i offset = _mm512_maskz_add_epi32(
+          any, _mm512_mullo_epi32(ys[r], sy), left);  // unit column stride
+      _mm512_mask_storeu_epi32(t.offset[r].data() + x, lanes, offset);
+      // Corner j lands in slot xs[j] - left (0 or 1).
+      for (int slot = 0; slot < 2; ++slot) {
+        const __m512i col_of_slot = _mm512_add_epi32(left, _mm512_set1_epi32(slot));
+        __mmask16 from[2];
+        for (int j = 0; j < 2; ++j) {
+          from[j] = used[j] & _mm512_cmpeq_epi32_mask(xs[j], col_of_slot);
+        }
+        const int k = 2 * r + slot;
+        _mm512_mask_storeu_ps(t.weight[k].data() + x, lanes, pick(from, weight));
+        if (grads) {
+          _mm512_mask_storeu_ps(t.dx[k].data() + x, lanes, pick(from, ddx));
+          _mm512_mask_storeu_ps(t.dy[k].data() + x, lanes, pick(from, ddy));
+        }
+      }
+    }
+  }
+}
+
 // Unused corners (weight 0) are zeroed after the load, so they read nothing (see interpolate()).
 __attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
                                                           const RowTaps<float, int32_t>& t,
@@ -186,6 +307,20 @@ __attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
 }
 #endif
 
+// taps.fill(...), 16 pixels at a time where possible.
+template <typename T, typename Index>
+void fill_taps(RowTaps<T, Index>& taps, const T* flow, const Strided4& fs, int64_t b, int64_t g,
+               int64_t y, const Strided4& in, bool align_corners, Padding padding) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512() && pairs_readable(in) && fs.sw == 1) {
+      return fill_avx512(taps, flow, fs, b, g, y, in, align_corners, padding);
+    }
+  }
+#endif
+  taps.fill(flow, fs, b, g, y, in, align_corners, padding);
+}
+
 // out[x] for x < W: one channel's row from its plane.
 template <typename T, typename Index>
 void sample_row(const T* plane, const Strided4& in, const RowTaps<T, Index>& t, int64_t W,
@@ -240,7 +375,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
     std::vector<T> strided_row(os.sw == 1 ? 0 : fs.w);  // staging for non-unit output strides
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % fs.h, g = (task / fs.h) % groups, b = task / (fs.h * groups);
-      taps.fill(flow, fs, b, g, y, in, align_corners, padding);
+      fill_taps(taps, flow, fs, b, g, y, in, align_corners, padding);
       for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
         sample_row(input + b * in.sn + c * in.sc, in, taps, fs.w,
@@ -277,7 +412,7 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
       // Flow gradients live in a contiguous (B, 2G, H, W) block per slice.
       T* gflow = grad_flow_slices + s * flow_numel + (b * fs.c + 2 * g) * fs.h * fs.w;
       for (int64_t y = 0; y < fs.h; ++y) {
-        taps.fill(flow, fs, b, g, y, in, align_corners, padding);
+        fill_taps(taps, flow, fs, b, g, y, in, align_corners, padding);
         std::fill(gx.begin(), gx.end(), T(0));
         std::fill(gy.begin(), gy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; ++c) {

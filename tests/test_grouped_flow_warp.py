@@ -48,11 +48,14 @@ def test_matches_reference(device, groups, in_hw, out_hw, flow_scale, padding_mo
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_layouts(device, layout):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("padding_mode,align_corners", MODES)
+def test_layouts(device, layout, padding_mode, align_corners):
+    """float32 in every layout: the CPU kernel's vector path (rows of 16 pixels plus a tail)."""
     x, flow = make_inputs(C=16, groups=4, in_hw=(7, 9), out_hw=(13, 17), device=device,
                           layout=layout)
-    check_against_reference(op, ref, (x, flow, 4, (13, 17)), atol=1e-5, rtol=1e-5)
+    check_against_reference(op, ref, (x, flow, 4, (13, 17), padding_mode, align_corners),
+                            atol=1e-5, rtol=1e-5)
     if layout == "channels_last":
         assert op(x, flow, 4, (13, 17)).is_contiguous(memory_format=torch.channels_last)
 
@@ -67,10 +70,11 @@ def test_zero_flow_is_align_corners_upsampling(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
-def test_unused_corners_do_not_leak_inf(device, padding_mode):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_unused_corners_do_not_leak_inf(device, padding_mode, dtype):
     """Samples outside the input read nothing: an inf stored at pixel (0, 0) must not turn their
     zero weights into nan, in the output or in either gradient."""
-    x, flow = make_inputs(C=4, groups=2, in_hw=(5, 6), device=device, dtype=torch.float64)
+    x, flow = make_inputs(C=4, groups=2, in_hw=(5, 6), device=device, dtype=dtype)
     x[:, :, 0, 0] = float("inf")
     flow[:, :, 2:, 2:] = 1e3  # far outside, so every corner is unused (zeros) or clamped (border)
     out = op(x, flow, 2, None, padding_mode)

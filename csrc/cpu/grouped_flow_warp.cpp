@@ -1,47 +1,387 @@
 // grouped_flow_warp on the CPU: per output row, the bilinear taps of every pixel are computed once
-// per group and reused by all of the group's channels.
+// per group and reused by all of the group's channels. The taps are stored as arrays per corner,
+// so that on AVX-512 CPUs a row of one channel is sampled with 16-lane gathers.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define RTSEG_AVX512_DISPATCH 1
+#endif
 
 #include "grouped_flow_warp.h"
 
 namespace rtseg {
 namespace {
 
-// Taps is BilinearTaps<T> (backward) or the smaller SampleTaps<T> (forward).
-template <typename T, typename Taps>
-void taps_for_row(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
-                  const Strided4& in, bool align_corners, Padding padding, Taps* taps) {
-  const T* dx = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
-  const T* dy = dx + fs.sc;
-  for (int64_t x = 0; x < fs.w; ++x) {
-    const auto pos = flow_warp_position<T>(x, y, dx[x * fs.sw], dy[x * fs.sw], fs.h, fs.w, in.h,
-                                           in.w, align_corners);
-    const auto full = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
-    if constexpr (std::is_same_v<Taps, SampleTaps<T>>) {
-      taps[x] = sample_taps(full);
-    } else {
-      taps[x] = full;
+// The taps of one output row. Corner k = 2 * r + j of pixel x (r: upper or lower input row,
+// j: left or right column) reads offset[r][x] + j * sx with weight[k][x]; its weight's
+// derivatives are dx[k][x], dy[k][x] (filled for backward only). Each input row's two corners
+// are stored as two adjacent columns of the plane (when it is 2 or more wide), even where a corner
+// lies outside and is replaced by an unused one (all zeros), so that vector kernels read both with
+// one 8-byte load. Index is int32_t when every offset of the plane fits, else int64_t.
+template <typename T, typename Index> struct RowTaps {
+  std::vector<Index> offset[2];
+  std::vector<T> weight[4], dx[4], dy[4];
+
+  RowTaps(int64_t W, bool grads) {
+    for (int r = 0; r < 2; ++r) offset[r].resize(W);
+    for (int k = 0; k < 4; ++k) {
+      weight[k].resize(W);
+      if (grads) {
+        dx[k].resize(W);
+        dy[k].resize(W);
+      }
+    }
+  }
+
+  void fill(const T* flow, const Strided4& fs, int64_t b, int64_t g, int64_t y,
+            const Strided4& in, bool align_corners, Padding padding) {
+    const T* flow_x = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
+    const T* flow_y = flow_x + fs.sc;
+    const bool grads = !dx[0].empty();
+    for (int64_t x = 0; x < fs.w; ++x) {
+      const auto pos = flow_warp_position<T>(x, y, flow_x[x * fs.sw], flow_y[x * fs.sw], fs.h,
+                                             fs.w, in.h, in.w, align_corners);
+      const auto t = bilinear_taps<T>(pos.ix, pos.iy, in.h, in.w, in.sh, in.sw, padding);
+      for (int r = 0; r < 2; ++r) {
+        // The used corner decides the pair's left column, one left of it at the right edge.
+        const int k0 = corner_used(t, 2 * r) ? 2 * r : 2 * r + 1;
+        const int64_t left = std::max<int64_t>(0, std::min(t.col[k0], in.w - 2));
+        offset[r][x] = static_cast<Index>(t.row[k0] * in.sh + left * in.sw);
+        for (int j = 0; j < 2; ++j) {
+          weight[2 * r + j][x] = T(0);
+          if (grads) dx[2 * r + j][x] = dy[2 * r + j][x] = T(0);
+        }
+        for (int k = 2 * r; k < 2 * r + 2; ++k) {
+          if (!corner_used(t, k)) continue;
+          const int slot = 2 * r + static_cast<int>(t.col[k] - left);
+          weight[slot][x] = t.weight[k];
+          if (grads) {
+            dx[slot][x] = t.dweight_dx[k];
+            dy[slot][x] = t.dweight_dy[k];
+          }
+        }
+      }
+    }
+  }
+
+  Index corner_offset(int k, int64_t x, int64_t sx) const {
+    return offset[k / 2][x] + static_cast<Index>((k % 2) * sx);
+  }
+
+  // corner_used() of bilinear.h.
+  bool used(int k, int64_t x) const {
+    return weight[k][x] != T(0) || dx[k][x] != T(0) || dy[k][x] != T(0);
+  }
+};
+
+// Whether an h x w plane with strides (sy, sx) has only int32 offsets.
+bool offsets_fit_int32(const Strided4& in) {
+  return (in.h - 1) * in.sh + (in.w - 1) * in.sw <= std::numeric_limits<int32_t>::max();
+}
+
+#ifdef RTSEG_AVX512_DISPATCH
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
+  return has;
+}
+
+// The vector kernels read both columns of a pair at once: rows of unit stride, 2 or more wide.
+bool pairs_readable(const Strided4& in) { return in.sw == 1 && in.w >= 2; }
+
+__mmask16 first_lanes(int64_t n) { return n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1); }
+
+// plane[idx[i]] and plane[idx[i] + 1] of 16 pixels i as two vectors, with two 8-lane gathers of
+// 8-byte pairs (half the loads of two 16-lane gathers).
+__attribute__((target("avx512f"))) void gather_pairs(const float* plane, __m512i idx,
+                                                     __m512* left, __m512* right) {
+  const __m512 lo = _mm512_castsi512_ps(
+      _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), plane, 4));
+  const __m512 hi = _mm512_castsi512_ps(
+      _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), plane, 4));
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  *left = _mm512_permutex2var_ps(lo, even, hi);
+  *right = _mm512_permutex2var_ps(lo, _mm512_add_epi32(even, _mm512_set1_epi32(1)), hi);
+}
+
+// unnormalize() of 16 coordinates.
+__attribute__((target("avx512f"))) __m512 unnormalize_avx512(__m512 c, int64_t size,
+                                                             bool align_corners) {
+  const __m512 one = _mm512_set1_ps(1.f), half = _mm512_set1_ps(0.5f);
+  return align_corners ? _mm512_mul_ps(_mm512_mul_ps(_mm512_add_ps(c, one), half),
+                                       _mm512_set1_ps(float(size - 1)))
+                       : _mm512_mul_ps(_mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(c, one),
+                                                                   _mm512_set1_ps(float(size))),
+                                                     one),
+                                       half);
+}
+
+// bilinear_taps()'s padding of 16 coordinates: border clamps to the plane (slope 0 at and
+// beyond the edges); zeros clamps to [-2, size + 1], which maps nan to -2 (max and min return
+// their second operand on nan).
+__attribute__((target("avx512f"))) __m512 pad_avx512(__m512 c, int64_t size, Padding padding,
+                                                     __m512* slope) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
+  if (padding == Padding::Border) {
+    const __m512 hi_value = _mm512_set1_ps(float(size - 1));
+    const __mmask16 lo = _mm512_cmp_ps_mask(c, zero, _CMP_LE_OQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(c, hi_value, _CMP_GE_OQ);
+    *slope = _mm512_mask_mov_ps(one, lo | hi, zero);
+    return _mm512_mask_mov_ps(_mm512_mask_mov_ps(c, hi, hi_value), lo, zero);
+  }
+  *slope = one;
+  return _mm512_min_ps(_mm512_max_ps(c, _mm512_set1_ps(-2.f)), _mm512_set1_ps(float(size + 1)));
+}
+
+// v[0] where from[0], v[1] where from[1], else 0.
+__attribute__((target("avx512f"))) __m512 pick(const __mmask16* from, const __m512* v) {
+  return _mm512_mask_mov_ps(_mm512_maskz_mov_ps(from[0], v[0]), from[1], v[1]);
+}
+
+// RowTaps::fill for 16 pixels at a time: the operations of flow_warp_position and
+// bilinear_taps in the same order (g++ may fuse a multiply and an add, as nvcc does in the CUDA
+// kernel: positions then differ from the scalar path's by rounding). Needs unit-stride flow rows
+// and pairs_readable() planes.
+__attribute__((target("avx512f"))) void fill_avx512(RowTaps<float, int32_t>& t, const float* flow,
+                                                    const Strided4& fs, int64_t b, int64_t g,
+                                                    int64_t y, const Strided4& in,
+                                                    bool align_corners, Padding padding) {
+  const float* flow_x = flow + b * fs.sn + (2 * g) * fs.sc + y * fs.sh;
+  const float* flow_y = flow_x + fs.sc;
+  const bool grads = !t.dx[0].empty();
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f), minus = _mm512_set1_ps(-1.f);
+  const __m512i izero = _mm512_setzero_si512(), ione = _mm512_set1_epi32(1);
+  const __m512i w_in = _mm512_set1_epi32(static_cast<int32_t>(in.w));
+  const __m512i h_in = _mm512_set1_epi32(static_cast<int32_t>(in.h));
+  const __m512i sy = _mm512_set1_epi32(static_cast<int32_t>(in.sh));
+  const float gy_base = linspace_pm1<float>(y, fs.h);
+  for (int64_t x = 0; x < fs.w; x += 16) {
+    const __mmask16 lanes = first_lanes(fs.w - x);
+    const __m512 xf = _mm512_cvtepi32_ps(_mm512_add_epi32(
+        _mm512_set1_epi32(static_cast<int32_t>(x)),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)));
+    const __m512 gx_base =
+        fs.w > 1 ? _mm512_add_ps(_mm512_set1_ps(-1.f),
+                                 _mm512_div_ps(_mm512_mul_ps(_mm512_set1_ps(2.f), xf),
+                                               _mm512_set1_ps(float(fs.w - 1))))
+                 : _mm512_set1_ps(-1.f);
+    const __m512 fdx = _mm512_maskz_loadu_ps(lanes, flow_x + x);
+    const __m512 fdy = _mm512_maskz_loadu_ps(lanes, flow_y + x);
+    __m512 slope_x, slope_y;
+    const __m512 gx = _mm512_add_ps(gx_base, _mm512_div_ps(fdx, _mm512_set1_ps(float(fs.w))));
+    const __m512 gy = _mm512_add_ps(_mm512_set1_ps(gy_base),
+                                    _mm512_div_ps(fdy, _mm512_set1_ps(float(fs.h))));
+    const __m512 ix = pad_avx512(unnormalize_avx512(gx, in.w, align_corners), in.w, padding,
+                                 &slope_x);
+    const __m512 iy = pad_avx512(unnormalize_avx512(gy, in.h, align_corners), in.h, padding,
+                                 &slope_y);
+    const __m512 fx = _mm512_roundscale_ps(ix, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 fy = _mm512_roundscale_ps(iy, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512i x0 = _mm512_cvttps_epi32(fx), y0 = _mm512_cvttps_epi32(fy);
+    const __m512 tx = _mm512_sub_ps(ix, fx), ty = _mm512_sub_ps(iy, fy);
+    const __m512 wx[2] = {_mm512_sub_ps(one, tx), tx}, wy[2] = {_mm512_sub_ps(one, ty), ty};
+    const __m512i xs[2] = {x0, _mm512_add_epi32(x0, ione)};
+    const __m512i ys[2] = {y0, _mm512_add_epi32(y0, ione)};
+    __mmask16 x_in[2], y_in[2];
+    for (int j = 0; j < 2; ++j) {
+      x_in[j] = _mm512_cmpge_epi32_mask(xs[j], izero) & _mm512_cmplt_epi32_mask(xs[j], w_in);
+      y_in[j] = _mm512_cmpge_epi32_mask(ys[j], izero) & _mm512_cmplt_epi32_mask(ys[j], h_in);
+    }
+    for (int r = 0; r < 2; ++r) {
+      __m512 weight[2], ddx[2], ddy[2];
+      __mmask16 used[2];
+      for (int j = 0; j < 2; ++j) {
+        const __mmask16 inside = x_in[j] & y_in[r] & lanes;
+        weight[j] = _mm512_maskz_mul_ps(inside, wx[j], wy[r]);
+        ddx[j] = _mm512_maskz_mul_ps(inside, _mm512_mul_ps(j ? one : minus, wy[r]), slope_x);
+        ddy[j] = _mm512_maskz_mul_ps(inside, _mm512_mul_ps(wx[j], r ? one : minus), slope_y);
+        used[j] = _mm512_cmp_ps_mask(weight[j], zero, _CMP_NEQ_UQ) |
+                  _mm512_cmp_ps_mask(ddx[j], zero, _CMP_NEQ_UQ) |
+                  _mm512_cmp_ps_mask(ddy[j], zero, _CMP_NEQ_UQ);
+      }
+      // The pair's left column: the used corner's, one left of it at the right edge.
+      const __m512i col = _mm512_mask_mov_epi32(xs[1], used[0], xs[0]);
+      const __m512i left = _mm512_max_epi32(
+          izero, _mm512_min_epi32(col, _mm512_set1_epi32(static_cast<int32_t>(in.w - 2))));
+      const __mmask16 any = used[0] | used[1];
+      const __m512i offset = _mm512_maskz_add_epi32(
+          any, _mm512_mullo_epi32(ys[r], sy), left);  // unit column stride
+      _mm512_mask_storeu_epi32(t.offset[r].data() + x, lanes, offset);
+      // Corner j lands in slot xs[j] - left (0 or 1).
+      for (int slot = 0; slot < 2; ++slot) {
+        const __m512i col_of_slot = _mm512_add_epi32(left, _mm512_set1_epi32(slot));
+        __mmask16 from[2];
+        for (int j = 0; j < 2; ++j) {
+          from[j] = used[j] & _mm512_cmpeq_epi32_mask(xs[j], col_of_slot);
+        }
+        const int k = 2 * r + slot;
+        _mm512_mask_storeu_ps(t.weight[k].data() + x, lanes, pick(from, weight));
+        if (grads) {
+          _mm512_mask_storeu_ps(t.dx[k].data() + x, lanes, pick(from, ddx));
+          _mm512_mask_storeu_ps(t.dy[k].data() + x, lanes, pick(from, ddy));
+        }
+      }
     }
   }
 }
 
-template <typename T>
+// Unused corners (weight 0) are zeroed after the load, so they read nothing (see interpolate()).
+__attribute__((target("avx512f"))) void sample_row_avx512(const float* plane,
+                                                          const RowTaps<float, int32_t>& t,
+                                                          int64_t W, float* out) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t x = 0; x < W; x += 16) {
+    const __mmask16 lanes = first_lanes(W - x);
+    __m512 acc = zero;
+    for (int r = 0; r < 2; ++r) {
+      __m512 v[2];
+      gather_pairs(plane, _mm512_maskz_loadu_epi32(lanes, t.offset[r].data() + x), &v[0], &v[1]);
+      for (int j = 0; j < 2; ++j) {
+        const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[2 * r + j].data() + x);
+        const __mmask16 used = _mm512_cmp_ps_mask(w, zero, _CMP_NEQ_UQ);
+        acc = _mm512_fmadd_ps(w, _mm512_maskz_mov_ps(used, v[j]), acc);
+      }
+    }
+    _mm512_mask_storeu_ps(out + x, lanes, acc);
+  }
+}
+
+// base[idx[i]] += val[i] for the lanes in `lanes`, where lanes may share an index. Each lane
+// first adds the values of the earlier lanes with its index (nearest first); the scatter then
+// stores the last lane of each index last, which holds the full sum.
+__attribute__((target("avx512f,avx512cd"))) void scatter_add_avx512(float* base, __m512i idx,
+                                                                    __m512 val,
+                                                                    __mmask16 lanes) {
+  val = _mm512_maskz_mov_ps(lanes, val);  // other lanes may share an index and must add 0
+  __m512i pending = _mm512_maskz_conflict_epi32(lanes, idx);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i last_bit = _mm512_set1_epi32(31);
+  __m512 sum = val;
+  for (__mmask16 todo = _mm512_test_epi32_mask(pending, pending); todo != 0;
+       todo = _mm512_test_epi32_mask(pending, pending)) {
+    const __m512i lane = _mm512_sub_epi32(last_bit, _mm512_lzcnt_epi32(pending));
+    sum = _mm512_mask_add_ps(sum, todo, sum, _mm512_permutexvar_ps(lane, val));
+    pending = _mm512_mask_andnot_epi32(pending, todo, _mm512_sllv_epi32(one, lane), pending);
+  }
+  const __m512 old = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, idx, base, 4);
+  _mm512_mask_i32scatter_ps(base, lanes, idx, _mm512_add_ps(old, sum), 4);
+}
+
+// 16 pixels at a time: pair gathers of the input values, and scatter_add_avx512 of the
+// input-gradient terms.
+__attribute__((target("avx512f,avx512cd"))) void backprop_row_avx512(
+    const float* plane, float* gplane, const float* go, const RowTaps<float, int32_t>& t,
+    int64_t W, float* gx, float* gy) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t x = 0; x < W; x += 16) {
+    const __mmask16 lanes = first_lanes(W - x);
+    const __m512 g = _mm512_maskz_loadu_ps(lanes, go + x);
+    __m512 vx = zero, vy = zero;
+    for (int r = 0; r < 2; ++r) {
+      const __m512i idx = _mm512_maskz_loadu_epi32(lanes, t.offset[r].data() + x);
+      __m512 v[2];
+      gather_pairs(plane, idx, &v[0], &v[1]);
+      for (int j = 0; j < 2; ++j) {
+        const int k = 2 * r + j;
+        const __m512 w = _mm512_maskz_loadu_ps(lanes, t.weight[k].data() + x);
+        const __m512 dx = _mm512_maskz_loadu_ps(lanes, t.dx[k].data() + x);
+        const __m512 dy = _mm512_maskz_loadu_ps(lanes, t.dy[k].data() + x);
+        const __mmask16 used = _mm512_cmp_ps_mask(w, zero, _CMP_NEQ_UQ) |
+                               _mm512_cmp_ps_mask(dx, zero, _CMP_NEQ_UQ) |
+                               _mm512_cmp_ps_mask(dy, zero, _CMP_NEQ_UQ);
+        const __m512 value = _mm512_maskz_mov_ps(used, v[j]);
+        vx = _mm512_fmadd_ps(dx, value, vx);
+        vy = _mm512_fmadd_ps(dy, value, vy);
+        scatter_add_avx512(gplane, _mm512_add_epi32(idx, _mm512_set1_epi32(j)),
+                           _mm512_mul_ps(w, g), used);
+      }
+    }
+    _mm512_mask_storeu_ps(gx + x, lanes, _mm512_fmadd_ps(vx, g, _mm512_maskz_loadu_ps(lanes, gx + x)));
+    _mm512_mask_storeu_ps(gy + x, lanes, _mm512_fmadd_ps(vy, g, _mm512_maskz_loadu_ps(lanes, gy + x)));
+  }
+}
+#endif
+
+// taps.fill(...), 16 pixels at a time where possible.
+template <typename T, typename Index>
+void fill_taps(RowTaps<T, Index>& taps, const T* flow, const Strided4& fs, int64_t b, int64_t g,
+               int64_t y, const Strided4& in, bool align_corners, Padding padding) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512() && pairs_readable(in) && fs.sw == 1) {
+      return fill_avx512(taps, flow, fs, b, g, y, in, align_corners, padding);
+    }
+  }
+#endif
+  taps.fill(flow, fs, b, g, y, in, align_corners, padding);
+}
+
+// out[x] for x < W: one channel's row from its plane.
+template <typename T, typename Index>
+void sample_row(const T* plane, const Strided4& in, const RowTaps<T, Index>& t, int64_t W,
+                T* out) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512() && pairs_readable(in)) return sample_row_avx512(plane, t, W, out);
+  }
+#endif
+  for (int64_t x = 0; x < W; ++x) {
+    T v = T(0);
+    for (int k = 0; k < 4; ++k) {
+      if (t.weight[k][x] != T(0)) v += t.weight[k][x] * plane[t.corner_offset(k, x, in.sw)];
+    }
+    out[x] = v;
+  }
+}
+
+// One channel's row of gradient go: scatters into its input-gradient plane and adds the
+// channel's share of the flow gradients (before the d(ix)/d(dx) factor) to gx and gy.
+template <typename T, typename Index>
+void backprop_row(const T* plane, T* gplane, const Strided4& in, const T* go,
+                  const RowTaps<T, Index>& t, int64_t W, T* gx, T* gy) {
+#ifdef RTSEG_AVX512_DISPATCH
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+    if (cpu_has_avx512() && pairs_readable(in)) {
+      return backprop_row_avx512(plane, gplane, go, t, W, gx, gy);
+    }
+  }
+#endif
+  for (int64_t x = 0; x < W; ++x) {
+    T vx = 0, vy = 0;
+    for (int k = 0; k < 4; ++k) {
+      if (!t.used(k, x)) continue;  // outside: see interpolate()
+      const Index o = t.corner_offset(k, x, in.sw);
+      const T v = plane[o];
+      gplane[o] += t.weight[k][x] * go[x];
+      vx += t.dx[k][x] * v;
+      vy += t.dy[k][x] * v;
+    }
+    gx[x] += vx * go[x];
+    gy[x] += vy * go[x];
+  }
+}
+
+template <typename T, typename Index>
 void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, Strided4 os,
              int64_t groups, Padding padding, bool align_corners) {
   const int64_t cg = in.c / groups;
   at::parallel_for(0, in.n * groups * fs.h, grain_for(cg * fs.w), [&](int64_t begin, int64_t end) {
-    std::vector<SampleTaps<T>> taps(fs.w);
+    RowTaps<T, Index> taps(fs.w, false);
+    std::vector<T> strided_row(os.sw == 1 ? 0 : fs.w);  // staging for non-unit output strides
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % fs.h, g = (task / fs.h) % groups, b = task / (fs.h * groups);
-      taps_for_row(flow, fs, b, g, y, in, align_corners, padding, taps.data());
+      fill_taps(taps, flow, fs, b, g, y, in, align_corners, padding);
       for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
-        const T* plane = input + b * in.sn + c * in.sc;
         T* row = out + b * os.sn + c * os.sc + y * os.sh;
-        for (int64_t x = 0; x < fs.w; ++x) {
-          row[x * os.sw] = interpolate(taps[x], [plane](int64_t o) { return plane[o]; });
+        sample_row(input + b * in.sn + c * in.sc, in, taps, fs.w,
+                   os.sw == 1 ? row : strided_row.data());
+        if (os.sw != 1) {
+          for (int64_t x = 0; x < fs.w; ++x) row[x * os.sw] = strided_row[x];
         }
       }
     }
@@ -51,7 +391,7 @@ void forward(const T* input, Strided4 in, const T* flow, Strided4 fs, T* out, St
 // Each task owns a batch item, a group and a slice of its channels, so its input-gradient
 // scatter never races; flow gradients from several slices are summed afterwards in a fixed
 // order, which keeps the result bitwise deterministic.
-template <typename T>
+template <typename T, typename Index>
 void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const T* flow,
               Strided4 fs, T* grad_in, T* grad_flow_slices, int64_t slices, int64_t groups,
               Padding padding, bool align_corners) {
@@ -62,8 +402,9 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
   const auto pos0 = flow_warp_position<T>(0, 0, T(0), T(0), fs.h, fs.w, in.h, in.w, align_corners);
   at::parallel_for(0, in.n * groups * slices, grain_for(per_slice * fs.h * fs.w),
                    [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTaps<T>> taps(fs.w);
+    RowTaps<T, Index> taps(fs.w, true);
     std::vector<T> gx(fs.w), gy(fs.w);
+    std::vector<T> strided_row(gs.sw == 1 ? 0 : fs.w);  // staging for non-unit gradient strides
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task % slices, g = (task / slices) % groups, b = task / (slices * groups);
       const int64_t c_begin = g * cg + s * per_slice;
@@ -71,27 +412,17 @@ void backward(const T* grad_out, Strided4 gs, const T* input, Strided4 in, const
       // Flow gradients live in a contiguous (B, 2G, H, W) block per slice.
       T* gflow = grad_flow_slices + s * flow_numel + (b * fs.c + 2 * g) * fs.h * fs.w;
       for (int64_t y = 0; y < fs.h; ++y) {
-        taps_for_row(flow, fs, b, g, y, in, align_corners, padding, taps.data());
+        fill_taps(taps, flow, fs, b, g, y, in, align_corners, padding);
         std::fill(gx.begin(), gx.end(), T(0));
         std::fill(gy.begin(), gy.end(), T(0));
         for (int64_t c = c_begin; c < c_end; ++c) {
-          const T* plane = input + b * in.sn + c * in.sc;
-          T* gplane = grad_in + b * in.sn + c * in.sc;
           const T* go = grad_out + b * gs.sn + c * gs.sc + y * gs.sh;
-          for (int64_t x = 0; x < fs.w; ++x) {
-            const auto& t = taps[x];
-            const T g_o = go[x * gs.sw];
-            T vx = 0, vy = 0;
-            for (int k = 0; k < 4; ++k) {
-              if (!corner_used(t, k)) continue;  // outside: see interpolate()
-              const T v = plane[t.offset[k]];
-              gplane[t.offset[k]] += t.weight[k] * g_o;
-              vx += t.dweight_dx[k] * v;
-              vy += t.dweight_dy[k] * v;
-            }
-            gx[x] += vx * g_o;
-            gy[x] += vy * g_o;
+          if (gs.sw != 1) {
+            for (int64_t x = 0; x < fs.w; ++x) strided_row[x] = go[x * gs.sw];
+            go = strided_row.data();
           }
+          backprop_row(input + b * in.sn + c * in.sc, grad_in + b * in.sn + c * in.sc, in, go,
+                       taps, fs.w, gx.data(), gy.data());
         }
         for (int64_t x = 0; x < fs.w; ++x) {
           gflow[y * fs.w + x] = gx[x] * pos0.dix_ddx;
@@ -110,10 +441,13 @@ at::Tensor grouped_flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow
                        input.options().memory_format(output_format(input)));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_flow_warp_cpu", [&] {
-    forward<scalar_t>(input.const_data_ptr<scalar_t>(), strided4(input),
-                      flow.const_data_ptr<scalar_t>(), strided4(flow),
-                      out.mutable_data_ptr<scalar_t>(), strided4(out), groups, padding,
-                      align_corners);
+    auto run = [&](auto index) {
+      forward<scalar_t, decltype(index)>(input.const_data_ptr<scalar_t>(), strided4(input),
+                                         flow.const_data_ptr<scalar_t>(), strided4(flow),
+                                         out.mutable_data_ptr<scalar_t>(), strided4(out), groups,
+                                         padding, align_corners);
+    };
+    offsets_fit_int32(strided4(input)) ? run(int32_t()) : run(int64_t());
   });
   return out;
 }
@@ -136,12 +470,14 @@ std::tuple<at::Tensor, at::Tensor> grouped_flow_warp_backward_cpu(
   at::Tensor slice_buffer = slices == 1 ? grad_flow : at::zeros({slices, flow.size(0),
       flow.size(1), flow.size(2), flow.size(3)}, flow.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_flow_warp_backward_cpu", [&] {
-    backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), strided4(grad_output),
-                       input.const_data_ptr<scalar_t>(), strided4(input),
-                       flow.const_data_ptr<scalar_t>(), strided4(flow),
-                       grad_input.mutable_data_ptr<scalar_t>(),
-                       slice_buffer.mutable_data_ptr<scalar_t>(), slices, groups, padding,
-                       align_corners);
+    auto run = [&](auto index) {
+      backward<scalar_t, decltype(index)>(
+          grad_output.const_data_ptr<scalar_t>(), strided4(grad_output),
+          input.const_data_ptr<scalar_t>(), strided4(input), flow.const_data_ptr<scalar_t>(),
+          strided4(flow), grad_input.mutable_data_ptr<scalar_t>(),
+          slice_buffer.mutable_data_ptr<scalar_t>(), slices, groups, padding, align_corners);
+    };
+    offsets_fit_int32(strided4(input)) ? run(int32_t()) : run(int64_t());
   });
   if (slices > 1) grad_flow = slice_buffer.sum(0);
   return {grad_input, grad_flow};

@@ -13,6 +13,7 @@
 #define RTSEG_AVX512_DISPATCH 1
 #endif
 
+#include "cpu/simd_dispatch.h"
 #include "grouped_flow_warp.h"
 
 namespace rtseg {
@@ -86,11 +87,6 @@ bool offsets_fit_int32(const Strided4& in) {
 }
 
 #ifdef RTSEG_AVX512_DISPATCH
-bool cpu_has_avx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
-  return has;
-}
-
 // The vector kernels read both columns of a pair at once: rows of unit stride, 2 or more wide.
 bool pairs_readable(const Strided4& in) { return in.sw == 1 && in.w >= 2; }
 

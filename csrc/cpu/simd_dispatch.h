@@ -35,11 +35,21 @@ void run_baseline(const F& body) {
 
 enum class Level { Baseline, Avx2, Avx512 };
 
+}  // namespace simd_detail
+
+// The AVX-512 subsets of x86-64-v4 (kernels written with AVX-512 intrinsics check this too).
+inline bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512cd");
+  return has;
+}
+
+namespace simd_detail {
+
 inline Level cpu_level() {
   static const Level level = [] {
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return Level::Avx512;
+    if (cpu_has_avx512()) return Level::Avx512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Level::Avx2;
     return Level::Baseline;
   }();
@@ -65,6 +75,8 @@ void simd_dispatch(const F& body) {
 #define RTSEG_SIMD_CLONES
 
 namespace rtseg {
+inline bool cpu_has_avx512() { return false; }
+
 template <typename F>
 void simd_dispatch(const F& body) {
   body();

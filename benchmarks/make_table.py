@@ -1,6 +1,8 @@
 """Turn a pytest-benchmark JSON into a speedup table (one row per case) under benchmarks/results/.
 
-    python benchmarks/make_table.py benchmarks/results/latest.json
+    python benchmarks/make_table.py benchmarks/results/latest.json [more.json ...]
+
+Several JSONs (runs of different benchmark files on one machine) make one table.
 
 Speedup = baseline median / rtseg median. For CUDA rows with a known byte count, also the
 achieved bandwidth and its share of the GPU's peak (the roofline of a memory-bound op).
@@ -75,9 +77,11 @@ def render(rows, machine):
     return "\n".join(lines) + "\n"
 
 
-def main(path):
-    with open(path) as f:
-        benchmarks = json.load(f)["benchmarks"]
+def main(paths):
+    benchmarks = []
+    for path in paths:
+        with open(path) as f:
+            benchmarks += json.load(f)["benchmarks"]
     machine = machine_name(benchmarks)
     table = render(build_rows(benchmarks), machine)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", machine).strip("-").lower()
@@ -89,4 +93,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
+    main(sys.argv[1:] or ["benchmarks/results/latest.json"])

@@ -77,6 +77,20 @@ def test_layouts(device, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "slices",
+                                    "slices_cl"])
+@pytest.mark.parametrize("high_hw,low_hw,flow_scale", [((7, 37), (3, 10), 2.0),
+                                                       ((5, 19), (5, 19), 30.0)])
+def test_float32_rows(device, layout, high_hw, low_hw, flow_scale):
+    """float32 in every layout, against the float64 reference: the CPU kernel's vector path (rows
+    of 16 pixels plus a tail, channel blocks plus a remainder, samples leaving the map)."""
+    args = make_inputs(C=10, groups=2, high_hw=high_hw, low_hw=low_hw, flow_scale=flow_scale,
+                       layout=layout, device=device)
+    ref64 = lambda *a: ref(*(t.double() if torch.is_tensor(t) else t for t in a)).float()
+    check_against_reference(op, ref64, args + (2,), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_zero_flow_and_gate_is_upsample_plus_high(device):
     """An independent composite: with zero offsets the gates are 1 and both warps are
     identities, so the result is interpolate(low) + high."""

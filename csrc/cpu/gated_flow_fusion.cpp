@@ -1,6 +1,7 @@
 // gated_flow_fusion on the CPU: per output row and group, the taps of both warps (the low warp's
 // merged 16 taps without the zero ones) are computed once and reused by all of the group's
-// channels; the upsampled low map is never stored.
+// channels; the upsampled low map is never stored. The high warp samples whole rows of a channel
+// (16 pixels at a time on AVX-512 CPUs: cpu/bilinear_avx512.h), the low warp a pixel at a time.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -8,11 +9,11 @@
 #include <vector>
 
 #include "common/gated_flow_fusion.h"
+#include "cpu/bilinear_avx512.h"
 #include "gated_flow_fusion.h"
 
 namespace rtseg {
 namespace {
-
 
 template <typename T> struct FusionArgs {
   const T *high, *low, *flow_high, *flow_low, *gate_high, *gate_low;
@@ -31,18 +32,24 @@ FusionArgs<T> fusion_args(const at::Tensor& high, const at::Tensor& low,
           strided4(flow_low), strided4(gate_high), strided4(gate_low), groups};
 }
 
-// 1 + tanh of both gate maps and its derivative, (B, H, W) each, computed once rather than once
-// per group and channel slice.
+// 1 + tanh of both gate maps (scale) and its derivative (dscale), (B, H, W) each, computed once
+// rather than once per group and channel slice. Scales are stored apart so rows of them load as
+// vectors.
 template <typename T> struct GateMaps {
-  std::vector<Gate<T>> high, low;
-  explicit GateMaps(const FusionArgs<T>& a) : high(a.hs.n * a.hs.h * a.hs.w), low(high.size()) {
+  std::vector<T> high, low, dhigh, dlow;
+  explicit GateMaps(const FusionArgs<T>& a)
+      : high(a.hs.n * a.hs.h * a.hs.w), low(high.size()), dhigh(high.size()), dlow(high.size()) {
     const int64_t H = a.hs.h, W = a.hs.w;
     at::parallel_for(0, a.hs.n * H, grain_for(W), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t y = row % H, b = row / H;
         for (int64_t x = 0; x < W; ++x) {
-          high[row * W + x] = gate_of(a.gate_high[b * a.ghs.sn + y * a.ghs.sh + x * a.ghs.sw]);
-          low[row * W + x] = gate_of(a.gate_low[b * a.gls.sn + y * a.gls.sh + x * a.gls.sw]);
+          const auto gh = gate_of(a.gate_high[b * a.ghs.sn + y * a.ghs.sh + x * a.ghs.sw]);
+          const auto gl = gate_of(a.gate_low[b * a.gls.sn + y * a.gls.sh + x * a.gls.sw]);
+          high[row * W + x] = gh.scale;
+          dhigh[row * W + x] = gh.dscale;
+          low[row * W + x] = gl.scale;
+          dlow[row * W + x] = gl.dscale;
         }
       }
     });
@@ -51,26 +58,25 @@ template <typename T> struct GateMaps {
 
 // Taps and gates of one output row of one group. Pixel x owns the merged low taps
 // [low_begin[x], low_begin[x + 1]).
-template <typename T> struct FusionRow {
-  std::vector<BilinearTaps<T>> high;
-  const Gate<T>* gate_high = nullptr;
-  const Gate<T>* gate_low = nullptr;
+template <typename T, typename Index> struct FusionRow {
+  RowTaps<T, Index> high;
+  const T* gate_high = nullptr;  // scales of the row
+  const T* gate_low = nullptr;
   std::vector<int64_t> low_begin, low_offset;
   std::vector<T> low_weight, low_dx, low_dy;
-  explicit FusionRow(int64_t W)
-      : high(W), low_begin(W + 1), low_offset(16 * W),
+  FusionRow(int64_t W, bool grads)
+      : high(W, grads), low_begin(W + 1), low_offset(16 * W),
         low_weight(16 * W), low_dx(16 * W), low_dy(16 * W) {}
 
   void fill(const FusionArgs<T>& a, const GateMaps<T>& gates, int64_t b, int64_t g, int64_t y) {
     const int64_t H = a.hs.h, W = a.hs.w;
-    const T* fh = a.flow_high + b * a.fhs.sn + 2 * g * a.fhs.sc + y * a.fhs.sh;
     const T* fl = a.flow_low + b * a.fls.sn + 2 * g * a.fls.sc + y * a.fls.sh;
     gate_high = gates.high.data() + (b * H + y) * W;
     gate_low = gates.low.data() + (b * H + y) * W;
+    // fusion_warp_corners' warp of high.
+    fill_taps(high, a.flow_high, a.fhs, b, g, y, a.hs, true, Padding::Zeros);
     int64_t n = 0;
     for (int64_t x = 0; x < W; ++x) {
-      high[x] = fusion_warp_corners<T>(x, y, fh[x * a.fhs.sw], fh[a.fhs.sc + x * a.fhs.sw], H, W,
-                                       a.hs.sh, a.hs.sw);
       const auto corners = fusion_warp_corners<T>(x, y, fl[x * a.fls.sw],
                                                   fl[a.fls.sc + x * a.fls.sw], H, W, W, 1);
       const auto taps = upsampled_warp_taps<T>(corners, H, W, a.ls.h, a.ls.w, a.ls.sh, a.ls.sw);
@@ -91,101 +97,80 @@ template <typename T> struct FusionRow {
 // Channels per inner loop: each tap's address and weights are loaded once for all of them.
 constexpr int64_t kChannelBlock = 4;
 
-// Output row y of channels [c, c + N).
-template <int N, typename T>
-void forward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t b, int64_t c,
-                      int64_t y, T* out, const Strided4& os) {
-  const T* hp[N];
+// Output row y of channels [c, c + N); high_rows: N rows of W for the high warp's samples.
+template <int N, typename T, typename Index>
+void forward_channels(const FusionArgs<T>& a, const FusionRow<T, Index>& row, int64_t b,
+                      int64_t c, int64_t y, T* out, const Strided4& os, T* high_rows) {
+  const int64_t W = a.hs.w;
   const T* lp[N];
+  const T* vh[N];
   T* o[N];
   for (int j = 0; j < N; ++j) {
-    hp[j] = a.high + b * a.hs.sn + (c + j) * a.hs.sc;
+    sample_row(a.high + b * a.hs.sn + (c + j) * a.hs.sc, a.hs, row.high, W, high_rows + j * W);
+    vh[j] = high_rows + j * W;
     lp[j] = a.low + b * a.ls.sn + (c + j) * a.ls.sc;
     o[j] = out + b * os.sn + (c + j) * os.sc + y * os.sh;
   }
-  for (int64_t x = 0; x < a.hs.w; ++x) {
-    const auto& t = row.high[x];
-    T vh[N] = {}, vl[N] = {};
-    for (int k = 0; k < 4; ++k) {
-      if (t.weight[k] == T(0)) continue;  // unused corners read nothing: see interpolate()
-      const int64_t offset = t.offset[k];
-      const T weight = t.weight[k];
-      for (int j = 0; j < N; ++j) vh[j] += weight * hp[j][offset];
-    }
+  for (int64_t x = 0; x < W; ++x) {
+    T vl[N] = {};
     for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
       const int64_t offset = row.low_offset[m];
       const T weight = row.low_weight[m];
       for (int j = 0; j < N; ++j) vl[j] += weight * lp[j][offset];
     }
-    const T scale_high = row.gate_high[x].scale, scale_low = row.gate_low[x].scale;
-    for (int j = 0; j < N; ++j) o[j][x * os.sw] = scale_low * vl[j] + scale_high * vh[j];
+    const T scale_high = row.gate_high[x], scale_low = row.gate_low[x];
+    for (int j = 0; j < N; ++j) o[j][x * os.sw] = scale_low * vl[j] + scale_high * vh[j][x];
   }
 }
 
-template <typename T>
+template <typename T, typename Index>
 void forward(const FusionArgs<T>& a, T* out, Strided4 os) {
   const GateMaps<T> gates(a);
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, cg = a.hs.c / a.groups;
   at::parallel_for(0, B * a.groups * H, grain_for(W * cg), [&](int64_t begin, int64_t end) {
-    FusionRow<T> row(W);
+    FusionRow<T, Index> row(W, false);
+    std::vector<T> high_rows(kChannelBlock * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % H, g = (task / H) % a.groups, b = task / (H * a.groups);
       row.fill(a, gates, b, g, y);
       int64_t c = g * cg;
       for (; c + kChannelBlock <= (g + 1) * cg; c += kChannelBlock)
-        forward_channels<kChannelBlock>(a, row, b, c, y, out, os);
-      for (; c < (g + 1) * cg; ++c) forward_channels<1>(a, row, b, c, y, out, os);
+        forward_channels<kChannelBlock>(a, row, b, c, y, out, os, high_rows.data());
+      for (; c < (g + 1) * cg; ++c) forward_channels<1>(a, row, b, c, y, out, os, high_rows.data());
     }
   });
 }
 
 // Gradient row y of channels [c, c + N): scatters into grad_high and grad_low and adds the
-// channels' FusionSums to `sums` (kFusionSums rows of W).
-template <int N, typename T>
-void backward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t b, int64_t c,
-                       int64_t y, const T* grad_out, const Strided4& gs, T* grad_high,
-                       T* grad_low, T* sums) {
+// channels' FusionSums to `sums` (kFusionSums rows of W). go_rows: N rows of W for grad_output
+// rows of non-unit stride.
+template <int N, typename T, typename Index>
+void backward_channels(const FusionArgs<T>& a, const FusionRow<T, Index>& row, int64_t b,
+                       int64_t c, int64_t y, const T* grad_out, const Strided4& gs, T* grad_high,
+                       T* grad_low, T* sums, T* go_rows) {
   const int64_t W = a.hs.w;
-  const T* hp[N];
   const T* lp[N];
   const T* go[N];
-  T* ghp[N];
   T* glp[N];
   for (int j = 0; j < N; ++j) {
-    hp[j] = a.high + b * a.hs.sn + (c + j) * a.hs.sc;
-    lp[j] = a.low + b * a.ls.sn + (c + j) * a.ls.sc;
-    ghp[j] = grad_high + b * a.hs.sn + (c + j) * a.hs.sc;
-    glp[j] = grad_low + b * a.ls.sn + (c + j) * a.ls.sc;
     go[j] = grad_out + b * gs.sn + (c + j) * gs.sc + y * gs.sh;
+    if (gs.sw != 1) {
+      for (int64_t x = 0; x < W; ++x) go_rows[j * W + x] = go[j][x * gs.sw];
+      go[j] = go_rows + j * W;
+    }
+    const int64_t plane = b * a.hs.sn + (c + j) * a.hs.sc;
+    backprop_row(a.high + plane, grad_high + plane, a.hs, go[j], row.gate_high, row.high, W,
+                 sums + kHighDx * W, sums + kHighDy * W, sums + kHighValue * W);
+    lp[j] = a.low + b * a.ls.sn + (c + j) * a.ls.sc;
+    glp[j] = grad_low + b * a.ls.sn + (c + j) * a.ls.sc;
   }
   for (int64_t x = 0; x < W; ++x) {
-    T g_o[N], g_high[N], g_low[N];
+    T g_o[N], g_low[N];
     for (int j = 0; j < N; ++j) {
-      g_o[j] = go[j][x * gs.sw];
-      g_high[j] = row.gate_high[x].scale * g_o[j];
-      g_low[j] = row.gate_low[x].scale * g_o[j];
+      g_o[j] = go[j][x];
+      g_low[j] = row.gate_low[x] * g_o[j];
     }
-    const auto& t = row.high[x];
     T v[N] = {}, vx[N] = {}, vy[N] = {};
-    for (int k = 0; k < 4; ++k) {
-      if (!corner_used(t, k)) continue;
-      const int64_t offset = t.offset[k];
-      for (int j = 0; j < N; ++j) {
-        const T val = hp[j][offset];
-        ghp[j][offset] += t.weight[k] * g_high[j];
-        v[j] += t.weight[k] * val;
-        vx[j] += t.dweight_dx[k] * val;
-        vy[j] += t.dweight_dy[k] * val;
-      }
-    }
-    // Summed locally first: the compiler cannot keep `sums` in registers across the scatters.
-    T s[kFusionSums] = {};
-    for (int j = 0; j < N; ++j) {
-      s[kHighValue] += g_o[j] * v[j];
-      s[kHighDx] += g_o[j] * vx[j];
-      s[kHighDy] += g_o[j] * vy[j];
-      v[j] = vx[j] = vy[j] = T(0);
-    }
     for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
       const int64_t offset = row.low_offset[m];
       const T weight = row.low_weight[m], dx = row.low_dx[m], dy = row.low_dy[m];
@@ -197,12 +182,16 @@ void backward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t 
         vy[j] += dy * val;
       }
     }
+    // Summed locally first: the compiler cannot keep `sums` in registers across the scatters.
+    T s[3] = {};
     for (int j = 0; j < N; ++j) {
-      s[kLowValue] += g_o[j] * v[j];
-      s[kLowDx] += g_o[j] * vx[j];
-      s[kLowDy] += g_o[j] * vy[j];
+      s[0] += g_o[j] * v[j];
+      s[1] += g_o[j] * vx[j];
+      s[2] += g_o[j] * vy[j];
     }
-    for (int q = 0; q < kFusionSums; ++q) sums[q * W + x] += s[q];
+    sums[kLowValue * W + x] += s[0];
+    sums[kLowDx * W + x] += s[1];
+    sums[kLowDy * W + x] += s[2];
   }
 }
 
@@ -210,15 +199,15 @@ void backward_channels(const FusionArgs<T>& a, const FusionRow<T>& row, int64_t 
 // grad_high and grad_low never races. It writes its per-pixel FusionSums into its own block of
 // `partials` (slices, B, groups, kFusionSums, H, W); finalize() adds the slices and groups in a
 // fixed order, which keeps the result bitwise deterministic.
-template <typename T>
+template <typename T, typename Index>
 void backward(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* grad_out, Strided4 gs,
               T* grad_high, T* grad_low, T* partials, int64_t slices) {
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, cg = a.hs.c / a.groups;
   const int64_t per_slice = (cg + slices - 1) / slices;
   const int64_t grain = grain_for(H * W * per_slice);
   at::parallel_for(0, B * a.groups * slices, grain, [&](int64_t begin, int64_t end) {
-    FusionRow<T> row(W);
-    std::vector<T> sums(kFusionSums * W);
+    FusionRow<T, Index> row(W, true);
+    std::vector<T> sums(kFusionSums * W), go_rows(gs.sw == 1 ? 0 : kChannelBlock * W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task % slices, g = (task / slices) % a.groups,
                     b = task / (slices * a.groups);
@@ -231,9 +220,10 @@ void backward(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* grad_ou
         int64_t c = c_begin;
         for (; c + kChannelBlock <= c_end; c += kChannelBlock)
           backward_channels<kChannelBlock>(a, row, b, c, y, grad_out, gs, grad_high, grad_low,
-                                           sums.data());
+                                           sums.data(), go_rows.data());
         for (; c < c_end; ++c)
-          backward_channels<1>(a, row, b, c, y, grad_out, gs, grad_high, grad_low, sums.data());
+          backward_channels<1>(a, row, b, c, y, grad_out, gs, grad_high, grad_low, sums.data(),
+                               go_rows.data());
         for (int q = 0; q < kFusionSums; ++q)
           std::copy(sums.begin() + q * W, sums.begin() + (q + 1) * W, block + (q * H + y) * W);
       }
@@ -252,8 +242,7 @@ void finalize(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* partial
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % H, b = task / H;
       for (int64_t x = 0; x < W; ++x) {
-        const auto& gh = gates.high[task * W + x];
-        const auto& gl = gates.low[task * W + x];
+        const T scale_high = gates.high[task * W + x], scale_low = gates.low[task * W + x];
         T value_high = 0, value_low = 0;
         for (int64_t g = 0; g < G; ++g) {
           T s[kFusionSums] = {};
@@ -262,15 +251,15 @@ void finalize(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* partial
             for (int q = 0; q < kFusionSums; ++q) s[q] += block[q * HW];
           }
           const int64_t idx = (b * 2 * G + 2 * g) * HW + y * W + x;
-          grad_flow_high[idx] = gh.scale * slope.dix_ddx * s[kHighDx];
-          grad_flow_high[idx + HW] = gh.scale * slope.diy_ddy * s[kHighDy];
-          grad_flow_low[idx] = gl.scale * slope.dix_ddx * s[kLowDx];
-          grad_flow_low[idx + HW] = gl.scale * slope.diy_ddy * s[kLowDy];
+          grad_flow_high[idx] = scale_high * slope.dix_ddx * s[kHighDx];
+          grad_flow_high[idx + HW] = scale_high * slope.diy_ddy * s[kHighDy];
+          grad_flow_low[idx] = scale_low * slope.dix_ddx * s[kLowDx];
+          grad_flow_low[idx + HW] = scale_low * slope.diy_ddy * s[kLowDy];
           value_high += s[kHighValue];
           value_low += s[kLowValue];
         }
-        grad_gate_high[b * HW + y * W + x] = gh.dscale * value_high;
-        grad_gate_low[b * HW + y * W + x] = gl.dscale * value_low;
+        grad_gate_high[b * HW + y * W + x] = gates.dhigh[task * W + x] * value_high;
+        grad_gate_low[b * HW + y * W + x] = gates.dlow[task * W + x] * value_low;
       }
     }
   });
@@ -284,9 +273,12 @@ at::Tensor gated_flow_fusion_cpu(const at::Tensor& high, const at::Tensor& low,
   auto out = at::empty(high.sizes(), high.options().memory_format(output_format(high)));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(high.scalar_type(), "gated_flow_fusion_cpu", [&] {
-    forward<scalar_t>(fusion_args<scalar_t>(high, low, flow_high, flow_low, gate_high, gate_low,
-                                            groups),
-                      out.mutable_data_ptr<scalar_t>(), strided4(out));
+    const auto a = fusion_args<scalar_t>(high, low, flow_high, flow_low, gate_high, gate_low,
+                                         groups);
+    auto run = [&](auto index) {
+      forward<scalar_t, decltype(index)>(a, out.mutable_data_ptr<scalar_t>(), strided4(out));
+    };
+    offsets_fit_int32(a.hs) ? run(int32_t()) : run(int64_t());
   });
   return out;
 }
@@ -318,10 +310,13 @@ gated_flow_fusion_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
       const auto a = fusion_args<scalar_t>(high, low, flow_high, flow_low, gate_high, gate_low,
                                            groups);
       const GateMaps<scalar_t> gates(a);
-      backward<scalar_t>(a, gates, grad_output.const_data_ptr<scalar_t>(),
-                         strided4(grad_output), grad_high.mutable_data_ptr<scalar_t>(),
-                         grad_low.mutable_data_ptr<scalar_t>(),
-                         partials.mutable_data_ptr<scalar_t>(), slices);
+      auto run = [&](auto index) {
+        backward<scalar_t, decltype(index)>(
+            a, gates, grad_output.const_data_ptr<scalar_t>(), strided4(grad_output),
+            grad_high.mutable_data_ptr<scalar_t>(), grad_low.mutable_data_ptr<scalar_t>(),
+            partials.mutable_data_ptr<scalar_t>(), slices);
+      };
+      offsets_fit_int32(a.hs) ? run(int32_t()) : run(int64_t());
       finalize<scalar_t>(a, gates, partials.const_data_ptr<scalar_t>(), slices,
                          grad_flow_high.mutable_data_ptr<scalar_t>(),
                          grad_flow_low.mutable_data_ptr<scalar_t>(),

@@ -1,7 +1,9 @@
 // gated_flow_fusion on the CPU: per output row and group, the taps of both warps (the low warp's
 // merged 16 taps without the zero ones) are computed once and reused by all of the group's
 // channels; the upsampled low map is never stored. The high warp samples whole rows of a channel
-// (16 pixels at a time on AVX-512 CPUs: cpu/bilinear_avx512.h), the low warp a pixel at a time.
+// (16 pixels at a time on AVX-512 CPUs: cpu/bilinear_avx512.h). The low map (small) is read in
+// channels_last order, so each low tap reads and scatters the group's channels as one contiguous
+// vector.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -94,33 +96,23 @@ template <typename T, typename Index> struct FusionRow {
   }
 };
 
-// Channels per inner loop: each tap's address and weights are loaded once for all of them.
-constexpr int64_t kChannelBlock = 4;
-
-// Output row y of channels [c, c + N); high_rows: N rows of W for the high warp's samples.
-template <int N, typename T, typename Index>
-void forward_channels(const FusionArgs<T>& a, const FusionRow<T, Index>& row, int64_t b,
-                      int64_t c, int64_t y, T* out, const Strided4& os, T* high_rows) {
-  const int64_t W = a.hs.w;
-  const T* lp[N];
-  const T* vh[N];
-  T* o[N];
-  for (int j = 0; j < N; ++j) {
-    sample_row(a.high + b * a.hs.sn + (c + j) * a.hs.sc, a.hs, row.high, W, high_rows + j * W);
-    vh[j] = high_rows + j * W;
-    lp[j] = a.low + b * a.ls.sn + (c + j) * a.ls.sc;
-    o[j] = out + b * os.sn + (c + j) * os.sc + y * os.sh;
-  }
-  for (int64_t x = 0; x < W; ++x) {
-    T vl[N] = {};
-    for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
-      const int64_t offset = row.low_offset[m];
-      const T weight = row.low_weight[m];
-      for (int j = 0; j < N; ++j) vl[j] += weight * lp[j][offset];
+// rows[x * n + k] = sum of the low taps of pixel x of channel k < n, where low holds the first
+// channel of the n (channels_last: unit channel stride).
+template <typename T, typename Index>
+void sample_low_rows(const FusionRow<T, Index>& row, const T* low, int64_t W, int64_t n,
+                     T* rows) {
+  simd_dispatch([&]() RTSEG_SIMD_BODY {
+    for (int64_t x = 0; x < W; ++x) {
+      T* acc = rows + x * n;
+      std::fill(acc, acc + n, T(0));
+      for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
+        const T* src = low + row.low_offset[m];
+        const T weight = row.low_weight[m];
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) acc[k] += weight * src[k];
+      }
     }
-    const T scale_high = row.gate_high[x], scale_low = row.gate_low[x];
-    for (int j = 0; j < N; ++j) o[j][x * os.sw] = scale_low * vl[j] + scale_high * vh[j][x];
-  }
+  });
 }
 
 template <typename T, typename Index>
@@ -129,70 +121,54 @@ void forward(const FusionArgs<T>& a, T* out, Strided4 os) {
   const int64_t B = a.hs.n, H = a.hs.h, W = a.hs.w, cg = a.hs.c / a.groups;
   at::parallel_for(0, B * a.groups * H, grain_for(W * cg), [&](int64_t begin, int64_t end) {
     FusionRow<T, Index> row(W, false);
-    std::vector<T> high_rows(kChannelBlock * W);
+    std::vector<T> low_rows(W * cg), high_row(W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t y = task % H, g = (task / H) % a.groups, b = task / (H * a.groups);
       row.fill(a, gates, b, g, y);
-      int64_t c = g * cg;
-      for (; c + kChannelBlock <= (g + 1) * cg; c += kChannelBlock)
-        forward_channels<kChannelBlock>(a, row, b, c, y, out, os, high_rows.data());
-      for (; c < (g + 1) * cg; ++c) forward_channels<1>(a, row, b, c, y, out, os, high_rows.data());
+      sample_low_rows(row, a.low + b * a.ls.sn + g * cg, W, cg, low_rows.data());
+      for (int64_t k = 0; k < cg; ++k) {
+        const int64_t c = g * cg + k;
+        sample_row(a.high + b * a.hs.sn + c * a.hs.sc, a.hs, row.high, W, high_row.data());
+        T* o = out + b * os.sn + c * os.sc + y * os.sh;
+        for (int64_t x = 0; x < W; ++x) {
+          o[x * os.sw] = row.gate_low[x] * low_rows[x * cg + k] + row.gate_high[x] * high_row[x];
+        }
+      }
     }
   });
 }
 
-// Gradient row y of channels [c, c + N): scatters into grad_high and grad_low and adds the
-// channels' FusionSums to `sums` (kFusionSums rows of W). go_rows: N rows of W for grad_output
-// rows of non-unit stride.
-template <int N, typename T, typename Index>
-void backward_channels(const FusionArgs<T>& a, const FusionRow<T, Index>& row, int64_t b,
-                       int64_t c, int64_t y, const T* grad_out, const Strided4& gs, T* grad_high,
-                       T* grad_low, T* sums, T* go_rows) {
-  const int64_t W = a.hs.w;
-  const T* lp[N];
-  const T* go[N];
-  T* glp[N];
-  for (int j = 0; j < N; ++j) {
-    go[j] = grad_out + b * gs.sn + (c + j) * gs.sc + y * gs.sh;
-    if (gs.sw != 1) {
-      for (int64_t x = 0; x < W; ++x) go_rows[j * W + x] = go[j][x * gs.sw];
-      go[j] = go_rows + j * W;
-    }
-    const int64_t plane = b * a.hs.sn + (c + j) * a.hs.sc;
-    backprop_row(a.high + plane, grad_high + plane, a.hs, go[j], row.gate_high, row.high, W,
-                 sums + kHighDx * W, sums + kHighDy * W, sums + kHighValue * W);
-    lp[j] = a.low + b * a.ls.sn + (c + j) * a.ls.sc;
-    glp[j] = grad_low + b * a.ls.sn + (c + j) * a.ls.sc;
-  }
-  for (int64_t x = 0; x < W; ++x) {
-    T g_o[N], g_low[N];
-    for (int j = 0; j < N; ++j) {
-      g_o[j] = go[j][x];
-      g_low[j] = row.gate_low[x] * g_o[j];
-    }
-    T v[N] = {}, vx[N] = {}, vy[N] = {};
-    for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
-      const int64_t offset = row.low_offset[m];
-      const T weight = row.low_weight[m], dx = row.low_dx[m], dy = row.low_dy[m];
-      for (int j = 0; j < N; ++j) {
-        const T val = lp[j][offset];
-        glp[j][offset] += weight * g_low[j];
-        v[j] += weight * val;
-        vx[j] += dx * val;
-        vy[j] += dy * val;
+// The low warp's backward of one row of n channels, go[x * n + k] the gradient of channel k at
+// pixel x (low and grad_low hold the first channel, unit channel stride): scatters into
+// grad_low and adds the FusionSums kLowValue, kLowDx and kLowDy to `sums`. The sum over channels
+// of go times a tap's value is taken once per tap and then weighted by its three coefficients.
+template <typename T, typename Index>
+void backprop_low_rows(const FusionRow<T, Index>& row, const T* low, T* grad_low, const T* go,
+                       int64_t W, int64_t n, T* sums) {
+  simd_dispatch([&]() RTSEG_SIMD_BODY {
+    for (int64_t x = 0; x < W; ++x) {
+      const T* gx = go + x * n;
+      const T scale = row.gate_low[x];
+      T value = 0, dx = 0, dy = 0;
+      for (int64_t m = row.low_begin[x]; m < row.low_begin[x + 1]; ++m) {
+        const T* src = low + row.low_offset[m];
+        T* dst = grad_low + row.low_offset[m];
+        const T weight = row.low_weight[m], scatter = weight * scale;
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t k = 0; k < n; ++k) {
+          dot += gx[k] * src[k];
+          dst[k] += scatter * gx[k];
+        }
+        value += weight * dot;
+        dx += row.low_dx[m] * dot;
+        dy += row.low_dy[m] * dot;
       }
+      sums[kLowValue * W + x] += value;
+      sums[kLowDx * W + x] += dx;
+      sums[kLowDy * W + x] += dy;
     }
-    // Summed locally first: the compiler cannot keep `sums` in registers across the scatters.
-    T s[3] = {};
-    for (int j = 0; j < N; ++j) {
-      s[0] += g_o[j] * v[j];
-      s[1] += g_o[j] * vx[j];
-      s[2] += g_o[j] * vy[j];
-    }
-    sums[kLowValue * W + x] += s[0];
-    sums[kLowDx * W + x] += s[1];
-    sums[kLowDy * W + x] += s[2];
-  }
+  });
 }
 
 // Each task owns a batch item, a group and a slice of its channels, so its scatter into
@@ -207,23 +183,33 @@ void backward(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* grad_ou
   const int64_t grain = grain_for(H * W * per_slice);
   at::parallel_for(0, B * a.groups * slices, grain, [&](int64_t begin, int64_t end) {
     FusionRow<T, Index> row(W, true);
-    std::vector<T> sums(kFusionSums * W), go_rows(gs.sw == 1 ? 0 : kChannelBlock * W);
+    std::vector<T> sums(kFusionSums * W), go_rows(W * per_slice), go_row(W);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task % slices, g = (task / slices) % a.groups,
                     b = task / (slices * a.groups);
       const int64_t c_begin = g * cg + s * per_slice;
-      const int64_t c_end = std::min(c_begin + per_slice, (g + 1) * cg);
+      const int64_t n = std::min(c_begin + per_slice, (g + 1) * cg) - c_begin;
+      if (n <= 0) continue;
       T* block = partials + ((s * B + b) * a.groups + g) * kFusionSums * H * W;
       for (int64_t y = 0; y < H; ++y) {
         row.fill(a, gates, b, g, y);
         std::fill(sums.begin(), sums.end(), T(0));
-        int64_t c = c_begin;
-        for (; c + kChannelBlock <= c_end; c += kChannelBlock)
-          backward_channels<kChannelBlock>(a, row, b, c, y, grad_out, gs, grad_high, grad_low,
-                                           sums.data(), go_rows.data());
-        for (; c < c_end; ++c)
-          backward_channels<1>(a, row, b, c, y, grad_out, gs, grad_high, grad_low, sums.data(),
-                               go_rows.data());
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t c = c_begin + k;
+          const T* go = grad_out + b * gs.sn + c * gs.sc + y * gs.sh;
+          if (gs.sw != 1) {
+            for (int64_t x = 0; x < W; ++x) go_row[x] = go[x * gs.sw];
+            go = go_row.data();
+          }
+          const int64_t plane = b * a.hs.sn + c * a.hs.sc;
+          backprop_row(a.high + plane, grad_high + plane, a.hs, go, row.gate_high, row.high, W,
+                       sums.data() + kHighDx * W, sums.data() + kHighDy * W,
+                       sums.data() + kHighValue * W);
+          for (int64_t x = 0; x < W; ++x) go_rows[x * n + k] = go[x];
+        }
+        const int64_t low_plane = b * a.ls.sn + c_begin;
+        backprop_low_rows(row, a.low + low_plane, grad_low + low_plane, go_rows.data(), W, n,
+                          sums.data());
         for (int q = 0; q < kFusionSums; ++q)
           std::copy(sums.begin() + q * W, sums.begin() + (q + 1) * W, block + (q * H + y) * W);
       }
@@ -272,8 +258,9 @@ at::Tensor gated_flow_fusion_cpu(const at::Tensor& high, const at::Tensor& low,
   check_gated_flow_fusion_args(high, low, flow_high, flow_low, gate_high, gate_low, groups);
   auto out = at::empty(high.sizes(), high.options().memory_format(output_format(high)));
   if (out.numel() == 0) return out;
+  const at::Tensor low_cl = low.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(high.scalar_type(), "gated_flow_fusion_cpu", [&] {
-    const auto a = fusion_args<scalar_t>(high, low, flow_high, flow_low, gate_high, gate_low,
+    const auto a = fusion_args<scalar_t>(high, low_cl, flow_high, flow_low, gate_high, gate_low,
                                          groups);
     auto run = [&](auto index) {
       forward<scalar_t, decltype(index)>(a, out.mutable_data_ptr<scalar_t>(), strided4(out));
@@ -291,8 +278,9 @@ gated_flow_fusion_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
   check_gated_flow_fusion_args(high_arg, low_arg, flow_high, flow_low, gate_high, gate_low,
                                groups);
   check_gated_flow_fusion_grad(grad_output, high_arg);
-  // The input gradients below share these tensors' strides.
-  const at::Tensor high = dense(high_arg), low = dense(low_arg);
+  // The input gradients below share these tensors' strides; the kernel reads low and writes its
+  // gradient in channels_last order.
+  const at::Tensor high = dense(high_arg), low = low_arg.contiguous(at::MemoryFormat::ChannelsLast);
   auto grad_high = at::zeros_like(high);
   auto grad_low = at::zeros_like(low);
   auto grad_flow_high = at::zeros(flow_high.sizes(), flow_high.options());
@@ -324,6 +312,7 @@ gated_flow_fusion_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
                          grad_gate_low.mutable_data_ptr<scalar_t>());
     });
   }
+  grad_low = grad_low.contiguous(low_arg.suggest_memory_format());  // low's layout (it is small)
   return {grad_high, grad_low, grad_flow_high, grad_flow_low, grad_gate_high, grad_gate_low};
 }
 

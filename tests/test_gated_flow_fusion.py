@@ -182,6 +182,17 @@ def test_threaded_matches_reference(device):
     check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
 
 
+def test_empty_channel_slice():
+    """5 channels of one group in slices of 2 for 4 threads: the last slice has no channel."""
+    args = make_inputs(B=1, C=5, groups=1, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", [THREADED, dict(B=2, C=16, groups=2, high_hw=(24, 31),
                                                  low_hw=(7, 9), flow_scale=5)])

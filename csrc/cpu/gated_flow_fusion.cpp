@@ -1,5 +1,5 @@
 // gated_flow_fusion on the CPU: per output row and group, the taps of both warps (the low warp's
-// merged 16 taps without the zero ones) are computed once and reused by all of the group's
+// up to 16 merged taps without the zero ones) are computed once and reused by all of the group's
 // channels; the upsampled low map is never stored. The high warp samples whole rows of a channel
 // (16 pixels at a time on AVX-512 CPUs: cpu/bilinear_avx512.h). The low map (small) is read in
 // channels_last order, so each low tap reads and scatters the group's channels as one contiguous
@@ -235,8 +235,8 @@ void backward(const FusionArgs<T>& a, const GateMaps<T>& gates, const T* grad_ou
       const int64_t s = task % slices, g = (task / slices) % a.groups,
                     b = task / (slices * a.groups);
       const int64_t c_begin = g * cg + s * per_slice;
-      const int64_t n = std::min(c_begin + per_slice, (g + 1) * cg) - c_begin;
-      if (n <= 0) continue;
+      // A trailing slice may be empty; it still writes its (zero) block.
+      const int64_t n = std::max<int64_t>(0, std::min(c_begin + per_slice, (g + 1) * cg) - c_begin);
       T* block = partials + ((s * B + b) * a.groups + g) * kFusionSums * H * W;
       for (int64_t y = 0; y < H; ++y) {
         row.fill(a, gates, b, g, y);

@@ -20,6 +20,7 @@
 #include "cpu/simd_dispatch.h"
 
 namespace rtseg {
+
 // The taps of one output row. Corner k = 2 * r + j of pixel x (r: upper or lower input row,
 // j: left or right column) reads offset[r][x] + j * sx with weight[k][x]; its weight's
 // derivatives are dx[k][x], dy[k][x] (filled for backward only). Each input row's two corners

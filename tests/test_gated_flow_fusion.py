@@ -77,6 +77,20 @@ def test_layouts(device, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "slices",
+                                    "slices_cl"])
+@pytest.mark.parametrize("high_hw,low_hw,flow_scale", [((7, 37), (3, 10), 2.0),
+                                                       ((5, 19), (5, 19), 30.0)])
+def test_float32_rows(device, layout, high_hw, low_hw, flow_scale):
+    """float32 in every layout, against the float64 reference: the CPU kernel's vector path (rows
+    of 16 pixels plus a tail, channel blocks plus a remainder, samples leaving the map)."""
+    args = make_inputs(C=10, groups=2, high_hw=high_hw, low_hw=low_hw, flow_scale=flow_scale,
+                       layout=layout, device=device)
+    ref64 = lambda *a: ref(*(t.double() if torch.is_tensor(t) else t for t in a)).float()
+    check_against_reference(op, ref64, args + (2,), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_zero_flow_and_gate_is_upsample_plus_high(device):
     """An independent composite: with zero offsets the gates are 1 and both warps are
     identities, so the result is interpolate(low) + high."""
@@ -166,6 +180,17 @@ THREADED = dict(B=1, C=16, groups=1, high_hw=(48, 64), low_hw=(13, 17), flow_sca
 def test_threaded_matches_reference(device):
     args = make_inputs(**THREADED, dtype=torch.float64, device=device)
     check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
+
+
+def test_empty_channel_slice():
+    """5 channels of one group in slices of 2 for 4 threads: the last slice has no channel."""
+    args = make_inputs(B=1, C=5, groups=1, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("device", DEVICES)

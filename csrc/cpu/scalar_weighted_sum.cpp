@@ -540,7 +540,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
 
 // Gradient buffers in output_format (as the fake kernel allocates them), without copying inputs.
 at::Tensor empty_in_output_format(const at::Tensor& t) {
-  return at::empty(t.sizes(), t.options().memory_format(output_format(t)));
+  return prefer_huge_pages(at::empty(t.sizes(), t.options().memory_format(output_format(t))));
 }
 
 at::Tensor scalar_weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights,

@@ -112,6 +112,15 @@ void forward(const T* x, Strided4 xs, T* out, Strided4 os, int64_t d, DWStagePtr
 template <typename T>
 struct StageArrays {
   std::vector<T> w0, w1, w2, scale, shift, slope;  // P * C each
+
+  // out = act(scale * (w0 * a + w1 * m + w2 * z) + shift) over n <= P * C flat values.
+  RTSEG_SIMD_BODY void apply(const T* a, const T* m, const T* z, T* out, int64_t n) const {
+    const T *p0 = w0.data(), *p1 = w1.data(), *p2 = w2.data(), *sc = scale.data(),
+            *sh = shift.data(), *sl = slope.data();
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k)
+      out[k] = act(sc[k] * (p0[k] * a[k] + p1[k] * m[k] + p2[k] * z[k]) + sh[k], sl[k]);
+  }
 };
 
 template <typename T>
@@ -147,8 +156,6 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
     T* t = tpad.data();
     std::vector<T> zeros(P * C, T(0)), obuf(C);
     simd_dispatch([&]() RTSEG_SIMD_BODY {
-      const T *w0 = first.w0.data(), *w1 = first.w1.data(), *w2 = first.w2.data(),
-              *s1 = first.scale.data(), *b1 = first.shift.data(), *a1 = first.slope.data();
       const T *v0 = second.w0.data(), *v1 = second.w1.data(), *v2 = second.w2.data(),
               *s2 = second.scale.data(), *b2 = second.shift.data(), *a2 = second.slope.data();
       for (int64_t task = begin; task < end; ++task) {
@@ -164,10 +171,7 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
             const T* m = row + i * xs.sw;
             const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
             const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-            T* ti = t + i * C;
-#pragma omp simd
-            for (int64_t k = 0; k < n; ++k)
-              ti[k] = act(s1[k] * (w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k]) + b1[k], a1[k]);
+            first.apply(a, m, z, t + i * C, n);
           }
           const int64_t ready = i + P >= W ? W : i + P - d;  // pixels whose taps are all known
           while (done < ready) {
@@ -239,10 +243,7 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
             const T* m = row + i * xs.sw;
             const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
             const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-            T* ti = t + i * C;
-#pragma omp simd
-            for (int64_t k = 0; k < n; ++k)
-              ti[k] = act(s1[k] * (w0[k] * a[k] + w1[k] * m[k] + w2[k] * z[k]) + b1[k], a1[k]);
+            first.apply(a, m, z, t + i * C, n);
           }
           const int64_t ready2 = i + P >= W ? W : i + P - d;
           while (done2 < ready2) {

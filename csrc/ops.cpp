@@ -3,10 +3,21 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/output_arena.h"
+
 extern "C" {
-// Importing rtseg_ops._C runs the static registrations below; the module itself is empty.
+static PyObject* empty_cpu_cache(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(rtseg::empty_cpu_cache());
+}
+
+// Importing rtseg_ops._C runs the static registrations below; the module itself only holds
+// empty_cpu_cache.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"empty_cpu_cache", empty_cpu_cache, METH_NOARGS,
+       "Frees the cached blocks of large CPU outputs; returns the bytes freed."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

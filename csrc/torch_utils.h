@@ -4,9 +4,6 @@
 #include <ATen/Parallel.h>
 #include <cstdint>
 #include <string>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "common/bilinear.h"
 #include "common/core.h"
@@ -74,24 +71,5 @@ inline at::MemoryFormat output_format(const at::Tensor& t) {
 // Non-dense tensors are copied once into output_format so that gradient buffers allocated with
 // zeros_like share their strides.
 inline at::Tensor dense(const at::Tensor& t) { return t.contiguous(output_format(t)); }
-
-// For a fresh, not yet written CPU tensor that a kernel is about to fill: asks Linux to back its
-// 2 MiB-aligned interior with transparent huge pages. glibc serves allocations of 32 MiB or more
-// with a fresh mmap on every call (its dynamic mmap threshold stops there on 64-bit), and faulting
-// those in 4 KiB pages costs more than the kernels (on the 2-core VM, allocating and filling 33 MB:
-// 7-11 ms with 4 KiB pages, 4 ms with huge pages). Smaller ones mostly reuse heap memory, where
-// the hint would only split the heap's mapping. Only a hint: where THP is off, nothing changes.
-inline at::Tensor prefer_huge_pages(at::Tensor t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const auto bytes = static_cast<uintptr_t>(t.numel() * t.element_size());
-  if (t.is_cpu() && bytes >= 16 * kHuge) {
-    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = (begin + bytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
 
 }  // namespace rtseg

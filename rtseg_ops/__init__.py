@@ -10,13 +10,14 @@ from ._backend import backend_table, extension_loaded
 from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
+from .memory import empty_cpu_cache
 from .pixel_context_attention import PixelContextAttention, pixel_context_attention
 from .pyramid_pool import PyramidPool, pyramid_pool
 from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
-    "reference", "backend_table", "extension_loaded",
+    "reference", "backend_table", "extension_loaded", "empty_cpu_cache",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
     "gated_flow_fusion", "GatedFlowFusion",
     "spatial_aware_pool", "SpatialAwarePool",

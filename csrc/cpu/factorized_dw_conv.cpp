@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/output_arena.h"
 #include "cpu/simd_dispatch.h"
 #include "factorized_dw_conv.h"
 
@@ -450,7 +451,7 @@ at::Tensor factorized_dw_conv_cpu(const at::Tensor& x, const at::Tensor& weight_
                                   c10::string_view order) {
   const bool hv = check_factorized_dw_args(x, weight_v, weight_h, dilation, scale_v, shift_v,
                                            prelu_v, scale_h, shift_h, prelu_h, order);
-  auto out = prefer_huge_pages(at::empty(x.sizes(), x.options().memory_format(output_format(x))));
+  auto out = empty_output_like(x);
   if (out.numel() == 0) return out;
   const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
                         {weight_h, scale_h, shift_h, prelu_h}, hv};
@@ -473,7 +474,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cpu(
                                            prelu_v, scale_h, shift_h, prelu_h, order);
   check_factorized_dw_grad(grad_output, x);
   const int64_t B = x.size(0), C = x.size(1);
-  auto grad_x = prefer_huge_pages(at::empty(x.sizes(), x.options().memory_format(output_format(x))));
+  auto grad_x = empty_output_like(x);
   const auto acc_type = accumulation_type(x);
   const DWStages stages{{weight_v, scale_v, shift_v, prelu_v},
                         {weight_h, scale_h, shift_h, prelu_h}, hv};

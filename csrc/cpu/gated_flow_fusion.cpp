@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/gated_flow_fusion.h"
+#include "cpu/output_arena.h"
 #include "cpu/bilinear_avx512.h"
 #include "gated_flow_fusion.h"
 
@@ -303,8 +304,7 @@ at::Tensor gated_flow_fusion_cpu(const at::Tensor& high, const at::Tensor& low,
                                  const at::Tensor& gate_high, const at::Tensor& gate_low,
                                  int64_t groups) {
   check_gated_flow_fusion_args(high, low, flow_high, flow_low, gate_high, gate_low, groups);
-  auto out = prefer_huge_pages(
-      at::empty(high.sizes(), high.options().memory_format(output_format(high))));
+  auto out = empty_output_like(high);
   if (out.numel() == 0) return out;
   const at::Tensor low_cl = low.contiguous(at::MemoryFormat::ChannelsLast);
   AT_DISPATCH_FLOATING_TYPES(high.scalar_type(), "gated_flow_fusion_cpu", [&] {
@@ -329,7 +329,7 @@ gated_flow_fusion_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
   // The input gradients below share these tensors' strides; the kernel reads low and writes its
   // gradient in channels_last order.
   const at::Tensor high = dense(high_arg), low = low_arg.contiguous(at::MemoryFormat::ChannelsLast);
-  auto grad_high = prefer_huge_pages(at::empty_like(high)).zero_();
+  auto grad_high = empty_output_like(high).zero_();
   auto grad_low = at::zeros_like(low);
   auto grad_flow_high = at::zeros(flow_high.sizes(), flow_high.options());
   auto grad_flow_low = at::zeros(flow_low.sizes(), flow_low.options());

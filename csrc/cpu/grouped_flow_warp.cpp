@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/output_arena.h"
 #include "cpu/bilinear_avx512.h"
 #include "grouped_flow_warp.h"
 
@@ -84,8 +85,8 @@ at::Tensor grouped_flow_warp_cpu(const at::Tensor& input, const at::Tensor& flow
                                  c10::string_view padding_mode, bool align_corners) {
   check_grouped_flow_warp_args(input, flow, groups);
   const Padding padding = parse_padding(std::string(padding_mode));
-  auto out = prefer_huge_pages(at::empty({input.size(0), input.size(1), flow.size(2), flow.size(3)},
-                                         input.options().memory_format(output_format(input))));
+  auto out = empty_output({input.size(0), input.size(1), flow.size(2), flow.size(3)},
+                          input.options().memory_format(output_format(input)));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "grouped_flow_warp_cpu", [&] {
     auto run = [&](auto index) {
@@ -106,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> grouped_flow_warp_backward_cpu(
   check_grouped_flow_warp_grad(grad_output, input_arg, flow);
   const Padding padding = parse_padding(std::string(padding_mode));
   const at::Tensor input = dense(input_arg);  // grad_input below shares its strides
-  auto grad_input = prefer_huge_pages(at::empty_like(input)).zero_();
+  auto grad_input = empty_output_like(input).zero_();
   auto grad_flow = at::zeros(flow.sizes(), flow.options());
   if (grad_output.numel() == 0) return {grad_input, grad_flow};
   // Slice channels only when batch x groups leaves threads idle.

@@ -14,6 +14,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/output_arena.h"
 #include "cpu/simd_dispatch.h"
 #include "pixel_context_attention.h"
 
@@ -125,8 +126,7 @@ std::tuple<at::Tensor, at::Tensor> pixel_context_attention_cpu(const at::Tensor&
   check_cpu_dtype(query);
   const int64_t B = query.size(0), H = query.size(2), W = query.size(3), N = H * W;
   const int64_t M = key.size(2), Cv = value.size(1);
-  auto out = prefer_huge_pages(
-      at::empty({B, Cv, H, W}, query.options().memory_format(output_format(query))));
+  auto out = empty_output({B, Cv, H, W}, query.options().memory_format(output_format(query)));
   auto lse = at::empty({B, N}, query.options().dtype(accumulation_type(query)));
   if (out.numel() == 0) return {out, lse};
   const at::Tensor q = pixels(query), o = pixels(out);
@@ -162,8 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pixel_context_attention_backward_
   check_cpu_dtype(query);
   const int64_t B = query.size(0), Ck = query.size(1), N = query.size(2) * query.size(3);
   const int64_t M = key.size(2), Cv = value.size(1);
-  auto grad_query = prefer_huge_pages(
-      at::empty(query.sizes(), query.options().memory_format(output_format(query))));
+  auto grad_query = empty_output_like(query);
   if (B == 0 || N == 0) {
     return {grad_query.zero_(), at::zeros_like(key), at::zeros_like(value)};
   }

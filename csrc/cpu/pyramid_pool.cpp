@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "cpu/output_arena.h"
 #include "pyramid_pool.h"
 
 namespace rtseg {
@@ -148,7 +149,7 @@ at::Tensor pyramid_pool_backward_cpu(const at::Tensor& grad_output, const at::Te
   check_pyramid_pool_input(x);
   const auto geo = pyramid_geometry(x.size(2), x.size(3), grids, keep_aspect_ratio, cascade);
   check_pyramid_pool_grad(grad_output, x, geo.plan);
-  auto grad_x = prefer_huge_pages(at::empty(x.sizes(), x.options().memory_format(output_format(x))));
+  auto grad_x = empty_output_like(x);
   if (grad_x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pyramid_pool_backward_cpu", [&] {
     backward<scalar_t>(grad_output.const_data_ptr<scalar_t>(), grad_output.stride(0),

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/resize.h"
+#include "cpu/output_arena.h"
 #include "cpu/simd_dispatch.h"
 #include "torch_utils.h"
 
@@ -540,7 +541,7 @@ void backward(const std::vector<Plan>& plans, const std::vector<const T*>& data,
 
 // Gradient buffers in output_format (as the fake kernel allocates them), without copying inputs.
 at::Tensor empty_in_output_format(const at::Tensor& t) {
-  return prefer_huge_pages(at::empty(t.sizes(), t.options().memory_format(output_format(t))));
+  return empty_output_like(t);
 }
 
 at::Tensor scalar_weighted_sum_cpu(at::TensorList inputs, const at::Tensor& weights,

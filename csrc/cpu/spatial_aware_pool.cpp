@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "cpu/output_arena.h"
 #include "spatial_aware_pool.h"
 
 namespace rtseg {
@@ -231,7 +232,7 @@ at::Tensor spatial_aware_pool_backward_cpu(at::TensorList grad_outputs, const at
   // The kernel works plane by plane; for channels_last, planes are strided by C and the tasks
   // would fight over cache lines (several times slower than the two layout copies).
   const bool channels_last = output_format(x) == at::MemoryFormat::ChannelsLast;
-  auto grad_input = prefer_huge_pages(at::empty(x.sizes(), x.options()));
+  auto grad_input = empty_output(x.sizes(), x.options());
   if (x.numel() == 0) return grad_input.contiguous(output_format(x));
   std::vector<at::Tensor> grads;
   for (const auto& g : grad_outputs) grads.push_back(channels_last ? g.contiguous() : g);

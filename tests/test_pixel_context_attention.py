@@ -58,6 +58,18 @@ def test_many_tiles_float32():
     check_against_reference(op, ref, args, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_large_output_float32(layout):
+    """An output over 16 MiB, which the CPU kernel streams out of a tile buffer; odd Cv and N,
+    so output rows start unaligned."""
+    args = make_inputs(B=1, Ck=8, Cv=65, M=9, hw=(257, 255), layout=layout)
+    out = op(*args)
+    assert out.numel() * out.element_size() >= 16 << 20
+    check_against_reference(op, ref, args, atol=1e-5, rtol=1e-5, backward=False)
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_large_logits_do_not_overflow(device):
     """scale 100 on unit logits: exp would overflow without the max subtraction."""

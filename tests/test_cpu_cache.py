@@ -1,6 +1,7 @@
 """The cache behind large CPU outputs (rtseg_ops.memory): reuse, no aliasing of live outputs,
 ordinary tensor behaviour, the size limit and the switch."""
 import io
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -63,6 +64,28 @@ def test_cached_tensor_behaves_like_any_tensor():
     torch.testing.assert_close(out[:expected.numel()], expected.flatten(), rtol=0, atol=0)
     out.share_memory_()
     torch.testing.assert_close(out[:expected.numel()], expected.flatten(), rtol=0, atol=0)
+
+
+def _allocate_in_child(address_queue):
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's pool does not survive fork
+    out = large_output(seed=2)
+    address_queue.put(out.data_ptr())
+
+
+def test_forked_child_allocates_and_frees():
+    """A forked child (a DataLoader worker) allocates and frees through the cache it inherited,
+    which holds a block of the parent's. (Whether the lock survives a fork during another
+    thread's allocation is not raced here.)"""
+    rtseg_ops.empty_cpu_cache()
+    large_output()  # freed at once: leaves a cached block
+    context = multiprocessing.get_context("fork")
+    addresses = context.Queue()
+    child = context.Process(target=_allocate_in_child, args=(addresses,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert addresses.get(timeout=5) != 0
+    assert rtseg_ops.empty_cpu_cache() == 32 * MIB  # the parent's block is untouched
 
 
 def run_with_cache_mib(value, code):

@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #if defined(__linux__)
+#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
@@ -45,9 +46,19 @@ void* map_block(size_t capacity) {
   return data;
 }
 
+class OutputArena;
+OutputArena& arena();
+
 class OutputArena final : public c10::Allocator {
  public:
-  OutputArena() : limit_(cache_limit_from_env()) {}
+  OutputArena() : limit_(cache_limit_from_env()) {
+#if defined(__linux__)
+    // A fork while another thread holds the lock would leave the child's copy locked forever (a
+    // DataLoader worker's first large free would hang): hold it across fork, as glibc's malloc does.
+    pthread_atfork([] { arena().mutex_.lock(); }, [] { arena().mutex_.unlock(); },
+                   [] { arena().mutex_.unlock(); });
+#endif
+  }
 
   bool enabled() const { return limit_ > 0; }
 

@@ -78,16 +78,7 @@ if _backend.extension_loaded():
     def _(grad_output, x, grids, keep_aspect_ratio, cascade):
         return torch.empty_like(x, memory_format=output_memory_format(x))
 
-    def _setup_context(ctx, inputs, output):
-        x, grids, keep_aspect_ratio, cascade = inputs
-        ctx.save_for_backward(x)  # read for its shape, dtype and layout only
-        ctx.args = (grids, keep_aspect_ratio, cascade)
-
-    def _backward(ctx, grad_output):
-        x, = ctx.saved_tensors
-        return torch.ops.rtseg.pyramid_pool_backward(grad_output, x, *ctx.args), None, None, None
-
-    torch.library.register_autograd("rtseg::pyramid_pool", _backward,
-                                    setup_context=_setup_context)
+    # The autograd kernel is C++ (csrc/autograd/pyramid_pool.cpp): register_autograd's Python
+    # Function cost as much as both kernels at CSFCN's 1/32 map.
 
 _backend.register_op("pyramid_pool", cpu="C++", cuda="CUDA")

@@ -121,7 +121,7 @@ if _backend.extension_loaded():
         grads = [torch.empty_like(x, memory_format=output_memory_format(x)) for x in inputs]
         return grads, weights.new_empty(weights.shape)
 
-    # The autograd kernel is C++ (csrc/cpu/scalar_weighted_sum.cpp): register_autograd's Python
+    # The autograd kernel is C++ (csrc/autograd/scalar_weighted_sum.cpp): register_autograd's Python
     # Function cost more than the kernels at the small SGCPNet nodes.
 
 _backend.register_op("scalar_weighted_sum", cpu="C++", cuda="Triton")

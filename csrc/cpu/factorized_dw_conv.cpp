@@ -122,6 +122,13 @@ struct StageArrays {
     for (int64_t k = 0; k < n; ++k)
       out[k] = act(sc[k] * (p0[k] * a[k] + p1[k] * m[k] + p2[k] * z[k]) + sh[k], sl[k]);
   }
+
+  // apply() as the vertical conv at m, a chunk of row y of a map with H rows of stride sh: its
+  // taps are the rows d above and below, or `zeros` outside the map.
+  RTSEG_SIMD_BODY void apply_vertical(const T* m, int64_t y, int64_t d, int64_t H, int64_t sh,
+                                      const T* zeros, T* out, int64_t n) const {
+    apply(y - d >= 0 ? m - d * sh : zeros, m, y + d < H ? m + d * sh : zeros, out, n);
+  }
 };
 
 template <typename T>
@@ -168,11 +175,8 @@ void forward_channels_last(const T* x, Strided4 xs, T* out, Strided4 os, int64_t
         int64_t done = 0;  // output pixels written
         for (int64_t i = 0; done < W; i += P) {
           if (i < W) {
-            const int64_t n = std::min(P, W - i) * C;
-            const T* m = row + i * xs.sw;
-            const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
-            const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-            first.apply(a, m, z, t + i * C, n);
+            first.apply_vertical(row + i * xs.sw, y, d, H, xs.sh, zeros.data(), t + i * C,
+                                 std::min(P, W - i) * C);
           }
           const int64_t ready = i + P >= W ? W : i + P - d;  // pixels whose taps are all known
           while (done < ready) {
@@ -240,11 +244,8 @@ void backward_channels_last(const T* grad_out, Strided4 gs, const T* x, Strided4
         int64_t done2 = 0, done3 = 0;  // pixels through the second and third passes
         for (int64_t i = 0; done3 < W; i += P) {
           if (i < W) {
-            const int64_t n = std::min(P, W - i) * C;
-            const T* m = row + i * xs.sw;
-            const T* a = y - d >= 0 ? m - d * xs.sh : zeros.data();
-            const T* z = y + d < H ? m + d * xs.sh : zeros.data();
-            first.apply(a, m, z, t + i * C, n);
+            first.apply_vertical(row + i * xs.sw, y, d, H, xs.sh, zeros.data(), t + i * C,
+                                 std::min(P, W - i) * C);
           }
           const int64_t ready2 = i + P >= W ? W : i + P - d;
           while (done2 < ready2) {

@@ -78,7 +78,8 @@ setup(
     description="Fused CUDA/Triton/C++ kernels for real-time semantic segmentation networks",
     packages=find_packages(include=["rtseg_ops", "rtseg_ops.*", "rtseg_models", "rtseg_models.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    # numpy: the Triton kernels of scalar_weighted_sum size their gathers with it
+    install_requires=["torch>=2.11", "numpy"],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -6,6 +6,7 @@ CUDA C++ (CUDA) or Triton (registered as the CUDA implementation from Python). A
 read once, when the op module registers itself, so the per-call decision is a dict lookup that
 torch.compile traces without a graph break.
 """
+import importlib
 import warnings
 
 import torch
@@ -22,10 +23,26 @@ _DECLARED = {}
 # (op, device type) -> kernel registered in this build
 _AVAILABLE = {}
 _WARNED = set()
+# (op, device type) -> why a declared kernel could not be registered (e.g. triton failed to import)
+_MISSING = {}
 
 
 def extension_loaded():
     return EXTENSION_ERROR is None
+
+
+def import_triton_kernels(name):
+    """Import ``rtseg_ops.triton.<name>`` (which registers op `name`'s Triton kernels as its CUDA
+    implementation) and return it, or None when triton or the module fails to import (triton
+    missing or broken, numpy missing); the error is then kept for backend_table() and for the
+    op's warning."""
+    if not extension_loaded():
+        return None
+    try:
+        return importlib.import_module(f"{__package__}.triton.{name}")
+    except Exception as exc:  # a broken triton raises more than ImportError
+        _MISSING[(name, "cuda")] = f"its Triton kernel could not be imported ({exc!r})"
+        return None
 
 
 def register_op(name, **kinds):
@@ -46,6 +63,9 @@ def use_kernel(name, device_type):
         _WARNED.add((name, device_type))
         if not extension_loaded():
             why = f"the rtseg_ops._C extension is not importable ({EXTENSION_ERROR})"
+        elif (name, device_type) in _MISSING:
+            why = f"this build has no {_DECLARED[name][device_type]} kernel for {device_type}: " \
+                  f"{_MISSING[(name, device_type)]}"
         elif device_type in _DECLARED.get(name, {}):
             why = f"this build has no {_DECLARED[name][device_type]} kernel for {device_type}"
         else:
@@ -56,7 +76,8 @@ def use_kernel(name, device_type):
 
 
 def backend_table():
-    """One row per op: the implementation each device uses in this build."""
+    """One row per op: the implementation each device uses in this build ("reference" where
+    there is no kernel) and, under "missing", why a declared kernel is absent."""
     rows = []
     for name, kinds in _DECLARED.items():
         row = {"op": name}
@@ -65,5 +86,8 @@ def backend_table():
                 row[device_type] = kinds[device_type]
             else:
                 row[device_type] = "reference"
+        missing = {d: why for (op, d), why in _MISSING.items() if op == name}
+        if missing:
+            row["missing"] = missing
         rows.append(row)
     return rows

@@ -5,13 +5,11 @@ import numbers
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_like, check_tensor, output_memory_format
 
-try:
-    from .triton import pixel_context_attention as triton_kernels
-except ImportError:  # no triton: CUDA tensors fall back to the reference
-    triton_kernels = None
+# None without a working triton: CUDA tensors then run the reference, with a warning saying why
+triton_kernels = _backend.import_triton_kernels("pixel_context_attention")
 
 
 def _check_scale(scale):
@@ -55,6 +53,7 @@ def pixel_context_attention(query, key, value, scale=1.0):
         the softmax computed in float32 (float64 for float64 inputs). Differentiable in all three
         tensors.
     """
+    query, key, value = _autocast.cast_inputs("pixel_context_attention", query, key, value)
     _check_args(query, key, value, scale)
     if _backend.use_kernel("pixel_context_attention", query.device.type):
         return torch.ops.rtseg.pixel_context_attention(query, key, value, float(scale))[0]
@@ -117,3 +116,4 @@ if _backend.extension_loaded():
                                     setup_context=_setup_context)
 
 _backend.register_op("pixel_context_attention", cpu="C++", cuda="Triton")
+_autocast.register("pixel_context_attention", cuda_policy="lower")

@@ -5,12 +5,10 @@ inputs without placeholder arguments, the backward returns exactly one gradient 
 (``Tensor[]``; an output cannot be an optional tensor), and opcheck, the C++ autograd kernel and
 torch.compile(fullgraph=True) all handle tensor lists (tests/test_scalar_weighted_sum.py).
 """
-import importlib.util
-
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_bool, check_choice, check_like, check_tensor, output_memory_format
 
 ACTIVATIONS = (None, "swish")
@@ -69,6 +67,7 @@ def scalar_weighted_sum(inputs, weights, normalize=False, eps=1e-4, activation=N
         ``sum_i w_i * resized_i`` (then the activation), channels_last when ``inputs[0]`` is.
         Differentiable in every input and in ``weights``.
     """
+    inputs, weights = _autocast.cast_inputs("scalar_weighted_sum", inputs, weights)
     _check_args(inputs, weights, normalize, eps, activation)
     inputs = list(inputs)
     if _backend.use_kernel("scalar_weighted_sum", inputs[0].device.type):
@@ -107,10 +106,9 @@ class ScalarWeightedSum(nn.Module):
 
 
 if _backend.extension_loaded():
-    if importlib.util.find_spec("triton") is not None:
-        # registers the Triton kernels as the CUDA implementation; without triton, CUDA tensors
-        # run the reference
-        from .triton import scalar_weighted_sum as _triton_kernels  # noqa: F401
+    # registers the Triton kernels as the CUDA implementation; without a working triton, CUDA
+    # tensors run the reference, with a warning saying why
+    _backend.import_triton_kernels("scalar_weighted_sum")
 
     @torch.library.register_fake("rtseg::scalar_weighted_sum")
     def _(inputs, weights, normalize, eps, activation):
@@ -125,3 +123,4 @@ if _backend.extension_loaded():
     # Function cost more than the kernels at the small SGCPNet nodes.
 
 _backend.register_op("scalar_weighted_sum", cpu="C++", cuda="Triton")
+_autocast.register("scalar_weighted_sum", cuda_policy="promote")

@@ -3,7 +3,7 @@ folded BatchNorm and a PReLU, as one fused op."""
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_choice, check_int, check_like, check_tensor, output_memory_format
 
 ORDERS = ("vh", "hv")
@@ -54,6 +54,8 @@ def factorized_dw_conv(x, weight_v, weight_h, dilation=1, scale_v=None, shift_v=
         Differentiable in every tensor argument.
     """
     params = (scale_v, shift_v, prelu_v, scale_h, shift_h, prelu_h)
+    x, weight_v, weight_h, params = _autocast.cast_inputs(
+        "factorized_dw_conv", x, weight_v, weight_h, params)
     _check_args(x, weight_v, weight_h, dilation, params, order)
     if _backend.use_kernel("factorized_dw_conv", x.device.type):
         return torch.ops.rtseg.factorized_dw_conv(x, weight_v, weight_h, dilation, *params, order)
@@ -162,3 +164,4 @@ if _backend.extension_loaded():
                                     setup_context=_setup_context)
 
 _backend.register_op("factorized_dw_conv", cpu="C++", cuda="CUDA")
+_autocast.register("factorized_dw_conv", cuda_policy="promote")

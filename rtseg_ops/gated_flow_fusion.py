@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_choice, check_int, check_like, check_tensor, output_memory_format
 
 OPS = ("fused", "reference")
@@ -58,6 +58,8 @@ def gated_flow_fusion(high, low, flow_high, flow_low, gate_high, gate_low, group
         may be channel slices of one conv output (no copies are made). Differentiable in all
         six tensors.
     """
+    high, low, flow_high, flow_low, gate_high, gate_low = _autocast.cast_inputs(
+        "gated_flow_fusion", high, low, flow_high, flow_low, gate_high, gate_low)
     _check_args(high, low, flow_high, flow_low, gate_high, gate_low, groups)
     if _backend.use_kernel("gated_flow_fusion", high.device.type):
         return torch.ops.rtseg.gated_flow_fusion(high, low, flow_high, flow_low, gate_high,
@@ -110,3 +112,4 @@ if _backend.extension_loaded():
                                     setup_context=_setup_context)
 
 _backend.register_op("gated_flow_fusion", cpu="C++", cuda="CUDA")
+_autocast.register("gated_flow_fusion", cuda_policy="promote")

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import (check_bool, check_choice, check_int, check_like, check_tensor,
                       output_memory_format)
 
@@ -54,6 +54,7 @@ def grouped_flow_warp(input, flow, groups=1, size=None, padding_mode="zeros", al
     With one group and the defaults this is SFNet's ``flow_warp``; with zero flow and a larger
     ``size`` it is bilinear upsampling with ``align_corners=True``.
     """
+    input, flow = _autocast.cast_inputs("grouped_flow_warp", input, flow)
     _check_args(input, flow, groups, size, padding_mode, align_corners)
     if _backend.use_kernel("grouped_flow_warp", input.device.type):
         return torch.ops.rtseg.grouped_flow_warp(input, flow, groups, padding_mode, align_corners)
@@ -113,3 +114,4 @@ if _backend.extension_loaded():
                                     setup_context=_setup_context)
 
 _backend.register_op("grouped_flow_warp", cpu="C++", cuda="CUDA")
+_autocast.register("grouped_flow_warp", cuda_policy="promote")

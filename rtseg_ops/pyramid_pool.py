@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_bool, check_tensor, output_memory_format
 
 MAX_LEVELS = 16  # csrc/common/pyramid_pool.h: kMaxPyramidLevels
@@ -42,6 +42,7 @@ def pyramid_pool(x, grids=(1, 2, 3, 6), keep_aspect_ratio=True, cascade=True):
         (``M = sum(oh * ow)``: 50 on a square map with the defaults, 100 on a 1:2 map).
         Differentiable in ``x``.
     """
+    x, = _autocast.cast_inputs("pyramid_pool", x)
     _check_args(x, grids, keep_aspect_ratio, cascade)
     if _backend.use_kernel("pyramid_pool", x.device.type):
         return torch.ops.rtseg.pyramid_pool(x, list(grids), keep_aspect_ratio, cascade)
@@ -82,3 +83,4 @@ if _backend.extension_loaded():
     # Function cost as much as both kernels at CSFCN's 1/32 map.
 
 _backend.register_op("pyramid_pool", cpu="C++", cuda="CUDA")
+_autocast.register("pyramid_pool", cuda_policy="promote")

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from . import _backend, reference
+from . import _autocast, _backend, reference
 from ._checks import check_bool, check_choice, check_tensor, output_memory_format
 
 MAX_LEVELS = 6  # csrc/common/spatial_aware_pool.h: kSapMaxLevels
@@ -44,6 +44,7 @@ def spatial_aware_pool(x, levels=5, count_include_pad=True):
         The kernels sum in float32 (float64 for float64 input) without subtracting prefix sums,
         so large offsets such as ``1e4 + noise`` keep float32 precision.
     """
+    x, = _autocast.cast_inputs("spatial_aware_pool", x)
     _check_args(x, levels, count_include_pad)
     if _backend.use_kernel("spatial_aware_pool", x.device.type):
         return list(torch.ops.rtseg.spatial_aware_pool(x, levels, count_include_pad))
@@ -100,3 +101,4 @@ if _backend.extension_loaded():
                                     setup_context=_setup_context)
 
 _backend.register_op("spatial_aware_pool", cpu="C++", cuda="CUDA")
+_autocast.register("spatial_aware_pool", cuda_policy="promote")

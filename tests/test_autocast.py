@@ -1,0 +1,208 @@
+"""torch.autocast: every op's policy (rtseg_ops/_autocast.py) and the four fused models.
+
+CPU: float16/bfloat16 inputs run in float32 (the CPU kernels' precision) and give float32
+outputs, so the op under autocast equals its reference run in float32 on the same (rounded)
+values. CUDA: memory-bound ops promote mixed inputs to the widest dtype and keep a shared one;
+pixel_context_attention casts float32 inputs to the autocast dtype.
+"""
+import pytest
+import torch
+
+import rtseg_ops
+from rtseg_ops import reference
+from model_harness import assert_close as assert_close_scaled
+from model_harness import image, make_model, twin
+from op_harness import assert_close, float_leaves, forward_and_grads, requires_cuda
+import test_factorized_dw_conv
+import test_gated_flow_fusion
+import test_grouped_flow_warp
+import test_pixel_context_attention
+import test_pyramid_pool
+import test_scalar_weighted_sum
+import test_spatial_aware_pool
+
+
+def _swsum(*tensors):
+    return rtseg_ops.scalar_weighted_sum(list(tensors[:-1]), tensors[-1], normalize=True)
+
+
+def _swsum_ref(*tensors):
+    return reference.scalar_weighted_sum(list(tensors[:-1]), tensors[-1], normalize=True)
+
+
+# op name -> (public function, reference, inputs(device, dtype), direct call of torch.ops.rtseg)
+OPS = {
+    "grouped_flow_warp": (
+        lambda x, f: rtseg_ops.grouped_flow_warp(x, f, 2, (11, 15)),
+        lambda x, f: reference.grouped_flow_warp(x, f, 2, (11, 15)),
+        lambda device, dtype: test_grouped_flow_warp.make_inputs(
+            C=8, groups=2, in_hw=(7, 9), out_hw=(11, 15), device=device, dtype=dtype),
+        lambda x, f: torch.ops.rtseg.grouped_flow_warp(x, f, 2, "zeros", True)),
+    "gated_flow_fusion": (
+        lambda *t: rtseg_ops.gated_flow_fusion(*t, groups=2),
+        lambda *t: reference.gated_flow_fusion(*t, groups=2),
+        lambda device, dtype: test_gated_flow_fusion.make_inputs(device=device, dtype=dtype),
+        lambda *t: torch.ops.rtseg.gated_flow_fusion(*t, 2)),
+    "pixel_context_attention": (
+        rtseg_ops.pixel_context_attention, reference.pixel_context_attention,
+        lambda device, dtype: test_pixel_context_attention.make_inputs(
+            logit_scale=2.0, device=device, dtype=dtype),
+        lambda q, k, v: torch.ops.rtseg.pixel_context_attention(q, k, v, 1.0)[0]),
+    "scalar_weighted_sum": (
+        _swsum, _swsum_ref,
+        lambda device, dtype: test_scalar_weighted_sum.make_inputs(
+            [(8, 12), (4, 6), (16, 24)], device=device, dtype=dtype),
+        lambda *t: torch.ops.rtseg.scalar_weighted_sum(list(t[:-1]), t[-1], True, 1e-4, None)),
+    "factorized_dw_conv": (
+        rtseg_ops.factorized_dw_conv, reference.factorized_dw_conv,
+        lambda device, dtype: test_factorized_dw_conv.make_inputs(
+            C=6, dilation=2, device=device, dtype=dtype),
+        lambda *a: torch.ops.rtseg.factorized_dw_conv(*a)),
+    "spatial_aware_pool": (
+        rtseg_ops.spatial_aware_pool, reference.spatial_aware_pool,
+        lambda device, dtype: (test_spatial_aware_pool.make_inputs(device=device, dtype=dtype),),
+        lambda x: list(torch.ops.rtseg.spatial_aware_pool(x, 5, True))),
+    "pyramid_pool": (
+        rtseg_ops.pyramid_pool, reference.pyramid_pool,
+        lambda device, dtype: (test_pyramid_pool.make_input(device=device, dtype=dtype),),
+        lambda x: torch.ops.rtseg.pyramid_pool(x, [1, 2, 3, 6], True, True)),
+}
+
+
+def _outputs(result):
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+def _as(args, dtype):
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+
+
+def _grad_outputs(outs, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(o.shape, generator=gen).to(o.device, o.dtype) for o in outs]
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_cpu_bfloat16_autocast(name):
+    """bfloat16 inputs under CPU autocast: float32 outputs equal to the reference in float32 on
+    the same values, bfloat16 gradients equal to the reference's rounded to bfloat16."""
+    fn, ref, make, _ = OPS[name]
+    args = _as(make("cpu", torch.float32), torch.bfloat16)
+    exact = _as(args, torch.float32)
+    ref_outs = _outputs(ref(*exact))
+    gos = _grad_outputs(ref_outs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outs, grads = forward_and_grads(fn, args, {}, gos)
+    _, ref_grads = forward_and_grads(ref, exact, {}, gos)
+    for i, (o, r) in enumerate(zip(outs, ref_outs)):
+        assert o.dtype == torch.float32, f"output {i}: dtype {o.dtype}"
+        assert_close(o, r, 1e-5, 1e-5, f"output {i}")
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        assert g is not None and g.dtype == torch.bfloat16, f"grad of input {i}"
+        # the reference's float32 gradient, rounded as the bfloat16 leaf's gradient is
+        assert_close(g.float(), r.to(torch.bfloat16).float(), 1e-2, 1e-2, f"grad of input {i}")
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_cpu_autocast_direct_op_and_mixed_dtypes(name):
+    """A direct torch.ops.rtseg call gets the same rule at the AutocastCPU key, and inputs of
+    mixed dtypes (bfloat16 next to float32) are accepted."""
+    fn, _, make, direct = OPS[name]
+    args = make("cpu", torch.float32)
+    low = _as(args, torch.bfloat16)
+    mixed = (low[0],) + tuple(args[1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        public = _outputs(fn(*mixed))
+        raw = _outputs(direct(*low))
+    expected_mixed = _outputs(fn(*_as(mixed, torch.float32)))
+    expected_raw = _outputs(fn(*_as(low, torch.float32)))
+    for i, (p, e) in enumerate(zip(public, expected_mixed)):
+        assert p.dtype == torch.float32
+        assert_close(p, e, 0, 0, f"mixed-dtype output {i}")
+    for i, (r, e) in enumerate(zip(raw, expected_raw)):
+        assert r.dtype == torch.float32
+        assert_close(r, e, 0, 0, f"direct-call output {i}")
+
+
+def test_cpu_bfloat16_still_refused_outside_autocast():
+    x, flow = test_grouped_flow_warp.make_inputs(dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="input: dtype torch.bfloat16 is not supported on cpu"):
+        rtseg_ops.grouped_flow_warp(x, flow, 2)
+
+
+def test_cpu_autocast_compile_fullgraph():
+    x, flow = test_grouped_flow_warp.make_inputs(C=8, groups=2, dtype=torch.bfloat16)
+    fn = torch.compile(lambda a, b: rtseg_ops.grouped_flow_warp(a, b, 2).relu(), fullgraph=True,
+                       backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(x, flow)
+    expected = reference.grouped_flow_warp(x.float(), flow.float(), 2).relu()
+    torch.testing.assert_close(out, expected)
+
+
+# name -> (input size, constructor options): the models' SMALL test sizes
+MODELS = {"csfcn": ((32, 64), {}), "msfnet": ((32, 64), {}), "sgcpnet": ((64, 128), {}),
+          "fbsnet": ((16, 32), {})}
+# bfloat16 has an 8-bit mantissa: logits of these random networks differ by about 1% of their
+# scale between any two bfloat16 evaluation orders.
+MODEL_RTOL = 3e-2
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_cpu_bfloat16_autocast(name):
+    """ops="fused" under CPU bfloat16 autocast runs, matches ops="reference" under the same
+    autocast within MODEL_RTOL of the logits' scale, is no further from the float32 logits than
+    twice the reference's own autocast error, and trains: every parameter gets a finite
+    gradient."""
+    size, options = MODELS[name]
+    fused = make_model(name, "fused", num_classes=19, **options).eval()
+    ref = twin(fused, name, "reference", num_classes=19, **options).eval()
+    x = image(size)
+    with torch.no_grad():
+        exact = ref(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, ref_out = fused(x), ref(x)
+    assert out.dtype == ref_out.dtype
+    assert_close_scaled(out.float(), ref_out.float(), MODEL_RTOL, "autocast logits")
+    err = (out.float() - exact).abs().max().item()
+    ref_err = (ref_out.float() - exact).abs().max().item()
+    assert err <= 2 * ref_err + 1e-3 * exact.abs().max().item(), (err, ref_err)
+
+    fused.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = fused(image(size, 2))
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        loss = sum(o.float().square().mean() for o in outputs)
+    loss.backward()
+    missing = [n for n, p in fused.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in fused.parameters() if p.grad is not None)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(OPS))
+def test_cuda_autocast(name, dtype):
+    """CUDA autocast: inputs of one low dtype stay in it, mixed inputs promote to float32,
+    float32 attention inputs are cast to the autocast dtype; values match the float64 reference
+    within the dtype's tolerance and gradients reach every input."""
+    fn, ref, make, direct = OPS[name]
+    low = _as(make("cuda", torch.float32), dtype)
+    mixed = (low[0].float(),) + tuple(low[1:])
+    tol = 2e-2 if dtype == torch.float16 else 8e-2
+    with torch.autocast("cuda", dtype=dtype):
+        outs, grads = forward_and_grads(fn, low, {})
+        mixed_outs = _outputs(fn(*mixed))
+        f32_outs = _outputs(fn(*_as(low, torch.float32)))
+        raw = _outputs(direct(*mixed))
+    expected = _outputs(ref(*_as(low, torch.float64)))
+    attention = name == "pixel_context_attention"
+    for i, (o, m, f, r, e) in enumerate(zip(outs, mixed_outs, f32_outs, raw, expected)):
+        assert o.dtype == dtype, f"output {i}: {o.dtype}"
+        assert m.dtype == r.dtype == (dtype if attention else torch.float32), f"output {i}"
+        assert f.dtype == (dtype if attention else torch.float32), f"output {i}"
+        assert_close(o.double(), e, tol, tol, f"output {i}")
+        assert_close(m.double(), e, tol, tol, f"mixed output {i}")
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert len(grads) == len(float_leaves(low))

@@ -4,6 +4,7 @@ An op is tested through a pair of callables with the same signature, the public 
 reference from rtseg_ops.reference; inputs are built per case by the op's test module.
 """
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -12,11 +13,22 @@ import torch
 import rtseg_ops
 from rtseg_ops import _backend
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Tests that run on a CUDA device carry the "gpu" mark (`pytest -m gpu`: what `make gpu-check`
+# runs) and are skipped without CUDA. RTSEG_COLLECT_CUDA=1 collects them on a machine without
+# CUDA too, so that `make gpu-check DRY_RUN=1` can list them.
+CUDA_MARKS = (pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+COLLECT_CUDA = torch.cuda.is_available() or os.environ.get("RTSEG_COLLECT_CUDA") == "1"
+DEVICES = ["cpu"] + ([pytest.param("cuda", marks=CUDA_MARKS)] if COLLECT_CUDA else [])
 # Half-precision dtypes are GPU-only (ops.md, common rules).
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+def requires_cuda(test):
+    """Decorator of a test that needs a CUDA device: CUDA_MARKS."""
+    for mark in CUDA_MARKS:
+        test = mark(test)
+    return test
 
 
 def to_layout(t, layout):

@@ -12,67 +12,9 @@ import rtseg_ops
 from rtseg_ops import reference
 from model_harness import assert_close as assert_close_scaled
 from model_harness import image, make_model, twin
-from op_harness import assert_close, float_leaves, forward_and_grads, requires_cuda
-import test_factorized_dw_conv
-import test_gated_flow_fusion
 import test_grouped_flow_warp
-import test_pixel_context_attention
-import test_pyramid_pool
-import test_scalar_weighted_sum
-import test_spatial_aware_pool
-
-
-def _swsum(*tensors):
-    return rtseg_ops.scalar_weighted_sum(list(tensors[:-1]), tensors[-1], normalize=True)
-
-
-def _swsum_ref(*tensors):
-    return reference.scalar_weighted_sum(list(tensors[:-1]), tensors[-1], normalize=True)
-
-
-# op name -> (public function, reference, inputs(device, dtype), direct call of torch.ops.rtseg)
-OPS = {
-    "grouped_flow_warp": (
-        lambda x, f: rtseg_ops.grouped_flow_warp(x, f, 2, (11, 15)),
-        lambda x, f: reference.grouped_flow_warp(x, f, 2, (11, 15)),
-        lambda device, dtype: test_grouped_flow_warp.make_inputs(
-            C=8, groups=2, in_hw=(7, 9), out_hw=(11, 15), device=device, dtype=dtype),
-        lambda x, f: torch.ops.rtseg.grouped_flow_warp(x, f, 2, "zeros", True)),
-    "gated_flow_fusion": (
-        lambda *t: rtseg_ops.gated_flow_fusion(*t, groups=2),
-        lambda *t: reference.gated_flow_fusion(*t, groups=2),
-        lambda device, dtype: test_gated_flow_fusion.make_inputs(device=device, dtype=dtype),
-        lambda *t: torch.ops.rtseg.gated_flow_fusion(*t, 2)),
-    "pixel_context_attention": (
-        rtseg_ops.pixel_context_attention, reference.pixel_context_attention,
-        lambda device, dtype: test_pixel_context_attention.make_inputs(
-            logit_scale=2.0, device=device, dtype=dtype),
-        lambda q, k, v: torch.ops.rtseg.pixel_context_attention(q, k, v, 1.0)[0]),
-    "scalar_weighted_sum": (
-        _swsum, _swsum_ref,
-        lambda device, dtype: test_scalar_weighted_sum.make_inputs(
-            [(8, 12), (4, 6), (16, 24)], device=device, dtype=dtype),
-        lambda *t: torch.ops.rtseg.scalar_weighted_sum(list(t[:-1]), t[-1], True, 1e-4, None)),
-    "factorized_dw_conv": (
-        rtseg_ops.factorized_dw_conv, reference.factorized_dw_conv,
-        lambda device, dtype: test_factorized_dw_conv.make_inputs(
-            C=6, dilation=2, device=device, dtype=dtype),
-        lambda *a: torch.ops.rtseg.factorized_dw_conv(*a)),
-    "spatial_aware_pool": (
-        rtseg_ops.spatial_aware_pool, reference.spatial_aware_pool,
-        lambda device, dtype: (test_spatial_aware_pool.make_inputs(device=device, dtype=dtype),),
-        lambda x: list(torch.ops.rtseg.spatial_aware_pool(x, 5, True))),
-    "pyramid_pool": (
-        rtseg_ops.pyramid_pool, reference.pyramid_pool,
-        lambda device, dtype: (test_pyramid_pool.make_input(device=device, dtype=dtype),),
-        lambda x: torch.ops.rtseg.pyramid_pool(x, [1, 2, 3, 6], True, True)),
-}
-
-
-def _outputs(result):
-    return list(result) if isinstance(result, (list, tuple)) else [result]
-
-
+from op_cases import OPS, outputs as _outputs
+from op_harness import assert_close, float_leaves, forward_and_grads, requires_cuda
 def _as(args, dtype):
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                  for a in args)

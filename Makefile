@@ -2,38 +2,58 @@
 # make bench  : set up, build, run the benchmarks and print the speedup table
 # make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed) and,
 #                   with a CPU-only torch, syntax-check every CUDA glue file against stub headers
+# make gpu-check  : on a CUDA machine, build for its GPU and run every CUDA test, compute-sanitizer
+#                   and the GPU benchmarks (tools/gpu_check.py); DRY_RUN=1 lists what it would run,
+#                   PHASES="tests bench" reruns a subset, RESULTS=dir picks the results folder
+#
+# Another torch: `make test TORCH_PIN=torch==2.11.0 VENV=/path/to/venv` uses (creating it if
+# needed) that venv and installs the pin there unless its torch already has that version.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 
 # A Python that already imports torch (e.g. a GPU machine's CUDA torch) is used as is;
 # otherwise a local .venv gets the pinned CPU build.
 TORCH_PIN := torch==2.13.0
-DEV_DEPS := triton pytest pytest-benchmark numpy ninja expecttest
+DEV_DEPS := triton pytest pytest-benchmark numpy ninja
+VENV :=
+ifneq ($(VENV),)
+PYTHON := $(VENV)/bin/python
+else
 PYTHON := $(shell if [ -x .venv/bin/python ]; then echo .venv/bin/python; \
 	elif python3 -c 'import torch' >/dev/null 2>&1; then echo python3; \
 	else echo .venv/bin/python; fi)
+endif
+# torch version the environment must have: only when TORCH_PIN is given explicitly
+PIN_VERSION := $(if $(filter command line environment,$(origin TORCH_PIN)),$(patsubst torch==%,%,$(TORCH_PIN)))
 NVCC := $(shell command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
 CUDA_INC := $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h /usr/local/cuda/include/cuda_runtime_api.h))
 CUDA_ARCHS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 BUILD_LOG := build/pip-install.log
 
-.PHONY: env build test cuda-check glue-check bench clean
+.PHONY: env build test cuda-check glue-check bench gpu-check clean
 
+# Installs only what is missing: nothing on a machine that has torch, pytest and pytest-benchmark.
 env:
-	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -f .venv/.ready ]; then \
-		echo "[make] no usable torch found: creating .venv with $(TORCH_PIN)"; \
-		python3 -m venv .venv; \
-		.venv/bin/python -m pip install -q --upgrade pip; \
-		.venv/bin/python -m pip install -q $(TORCH_PIN) $(DEV_DEPS); \
-		touch .venv/.ready; \
+	@venv=$$(dirname $$(dirname $(PYTHON))); \
+	if [ "$(PYTHON)" != python3 ] && [ ! -x $(PYTHON) ]; then \
+		echo "[make] creating $$venv"; \
+		python3 -m venv $$venv; \
+		$(PYTHON) -m pip install -q --upgrade pip; \
+	fi; \
+	if ! $(PYTHON) -c 'import torch' 2>/dev/null; then \
+		echo "[make] no importable torch: installing $(TORCH_PIN) $(DEV_DEPS) into $$venv"; \
+		$(PYTHON) -m pip install -q $(TORCH_PIN) $(DEV_DEPS); \
+	elif [ -n "$(PIN_VERSION)" ] && ! $(PYTHON) -c 'import sys, torch; sys.exit(torch.__version__.split("+")[0] != "$(PIN_VERSION)")' 2>/dev/null; then \
+		echo "[make] installing $(TORCH_PIN) into $$venv"; \
+		$(PYTHON) -m pip install -q $(TORCH_PIN); \
 	fi
-	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark"), ("expecttest", "expecttest")] if u.find_spec(i) is None))'); \
+	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark")] if u.find_spec(i) is None))'); \
 	if [ -n "$$missing" ]; then echo "[make] installing $$missing"; $(PYTHON) -m pip install -q $$missing; fi
 	@$(PYTHON) -c 'import torch; print(f"[make] python: $(PYTHON), torch {torch.__version__}, cuda {torch.cuda.is_available()}")'
 
 build: env
 	@mkdir -p build
-	@if ! $(PYTHON) -m pip install -v --no-build-isolation -e . > $(BUILD_LOG) 2>&1; then \
+	@if ! $(PYTHON) -m pip install -v --no-build-isolation --no-deps -e . > $(BUILD_LOG) 2>&1; then \
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
 	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
 
@@ -73,6 +93,13 @@ bench: build
 	@mkdir -p benchmarks/results
 	$(PYTHON) -m pytest benchmarks --benchmark-only -q --benchmark-json=benchmarks/results/latest.json
 	$(PYTHON) benchmarks/make_table.py benchmarks/results/latest.json
+
+# No `env` or `build` prerequisite: it must never reach a package index, and its build phase
+# builds for the local GPU only.
+gpu-check:
+	@$(PYTHON) tools/gpu_check.py $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) \
+		$(if $(PHASES),--phases "$(PHASES)") $(if $(RESULTS),--results "$(RESULTS)") \
+		$(if $(BUDGET),--budget $(BUDGET))
 
 clean:
 	rm -rf build *.egg-info rtseg_ops/_C*.so

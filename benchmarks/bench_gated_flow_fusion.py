@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import rtseg_ops
-from bench_harness import (DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark,
-                           tensor_bytes)
+from bench_harness import (DEVICES, PASSES, parametrize_dtypes, parametrize_impls,
+                           parametrize_layouts, resolve_impl, run_benchmark,
+                           skip_unless_benchmarked, tensor_bytes)
 from test_gated_flow_fusion import make_inputs
 
 IMPLS = {"rtseg": rtseg_ops.gated_flow_fusion, "reference": rtseg_ops.reference.gated_flow_fusion}
@@ -18,16 +19,16 @@ CASES = {
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@parametrize_dtypes
+@parametrize_layouts
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("pass_", PASSES)
 @parametrize_impls(IMPLS)
-def test_gated_flow_fusion(benchmark, impl, pass_, case, dtype, device):
-    if dtype not in dtypes_for(device):
-        pytest.skip(f"{dtype} is not benchmarked on {device}")
+def test_gated_flow_fusion(benchmark, impl, pass_, case, layout, dtype, device):
+    skip_unless_benchmarked(device, dtype, layout, impl)
     B, C, groups, high_hw, low_hw = CASES[case]
     args = make_inputs(B, C, groups, high_hw, low_hw, flow_scale=2.0, dtype=dtype, device=device,
-                       layout="slices")
+                       layout="slices" if layout == "NCHW" else "slices_cl")
     out_bytes = args[0].numel() * args[0].element_size()
-    run_benchmark(benchmark, IMPLS[impl], args + (groups,), op="gated_flow_fusion", case=case,
-                  impl=impl, pass_=pass_, bytes_moved=tensor_bytes(*args) + out_bytes)
+    run_benchmark(benchmark, resolve_impl(IMPLS, impl), args + (groups,), op="gated_flow_fusion",
+                  case=case, impl=impl, pass_=pass_, layout=layout, bytes_moved=tensor_bytes(*args) + out_bytes)

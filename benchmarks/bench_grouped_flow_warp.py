@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import rtseg_ops
-from bench_harness import DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark, tensor_bytes
+from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,
+                           parametrize_layouts, resolve_impl, run_benchmark,
+                           skip_unless_benchmarked, tensor_bytes)
 from test_grouped_flow_warp import make_inputs
 
 IMPLS = {"rtseg": rtseg_ops.grouped_flow_warp, "reference": rtseg_ops.reference.grouped_flow_warp}
@@ -18,16 +20,17 @@ CASES = {
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@parametrize_dtypes
+@parametrize_layouts
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("pass_", PASSES)
 @parametrize_impls(IMPLS)
-def test_grouped_flow_warp(benchmark, impl, pass_, case, dtype, device):
-    if dtype not in dtypes_for(device):
-        pytest.skip(f"{dtype} is not benchmarked on {device}")
+def test_grouped_flow_warp(benchmark, impl, pass_, case, layout, dtype, device):
+    skip_unless_benchmarked(device, dtype, layout, impl)
     B, C, groups, in_hw, out_hw = CASES[case]
-    x, flow = make_inputs(B, C, groups, in_hw, out_hw, flow_scale=2.0, dtype=dtype, device=device)
+    x, flow = make_inputs(B, C, groups, in_hw, out_hw, flow_scale=2.0, dtype=dtype, device=device,
+                          layout=LAYOUTS[layout])
     out_bytes = x.element_size() * B * C * out_hw[0] * out_hw[1]
-    run_benchmark(benchmark, IMPLS[impl], (x, flow, groups, out_hw), op="grouped_flow_warp",
-                  case=case, impl=impl, pass_=pass_,
+    run_benchmark(benchmark, resolve_impl(IMPLS, impl), (x, flow, groups, out_hw),
+                  op="grouped_flow_warp", case=case, impl=impl, pass_=pass_, layout=layout,
                   bytes_moved=tensor_bytes(x, flow) + out_bytes)

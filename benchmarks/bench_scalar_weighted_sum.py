@@ -5,7 +5,9 @@ max-pooled finer level (3 inputs). Normalised weights and swish, as the heaviest
 import pytest
 import torch
 
-from bench_harness import DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark, tensor_bytes
+from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,
+                           parametrize_layouts, resolve_impl, run_benchmark,
+                           skip_unless_benchmarked, tensor_bytes)
 from test_scalar_weighted_sum import make_inputs, op, ref
 
 IMPLS = {"rtseg": op, "reference": ref}
@@ -24,17 +26,17 @@ CASES = {
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@parametrize_dtypes
+@parametrize_layouts
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("pass_", PASSES)
 @parametrize_impls(IMPLS)
-def test_scalar_weighted_sum(benchmark, impl, pass_, case, dtype, device):
-    if dtype not in dtypes_for(device):
-        pytest.skip(f"{dtype} is not benchmarked on {device}")
+def test_scalar_weighted_sum(benchmark, impl, pass_, case, layout, dtype, device):
+    skip_unless_benchmarked(device, dtype, layout, impl)
     B, C, sizes = CASES[case]
-    args = make_inputs(sizes, B=B, C=C, dtype=dtype, device=device)
+    args = make_inputs(sizes, B=B, C=C, dtype=dtype, device=device, layout=LAYOUTS[layout])
     out_bytes = args[0].numel() * args[0].element_size()
-    fn = IMPLS[impl]
+    fn = resolve_impl(IMPLS, impl)
     run_benchmark(benchmark, lambda *a: fn(*a, **OPTIONS), args, op="scalar_weighted_sum",
-                  case=case, impl=impl, pass_=pass_,
+                  case=case, impl=impl, pass_=pass_, layout=layout,
                   bytes_moved=tensor_bytes(*args) + out_bytes)

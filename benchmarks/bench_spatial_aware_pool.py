@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import rtseg_ops
-from bench_harness import DEVICES, PASSES, dtypes_for, parametrize_impls, run_benchmark, tensor_bytes
+from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,
+                           parametrize_layouts, resolve_impl, run_benchmark,
+                           skip_unless_benchmarked, tensor_bytes)
 from test_spatial_aware_pool import make_inputs
 
 IMPLS = {"rtseg": rtseg_ops.spatial_aware_pool,
@@ -19,17 +21,17 @@ CASES = {f"ResNet-18 stage {i} B{B} C{C} {H}x{W}": (B, C, H, W)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@parametrize_dtypes
+@parametrize_layouts
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("pass_", PASSES)
 @parametrize_impls(IMPLS)
-def test_spatial_aware_pool(benchmark, impl, pass_, case, dtype, device):
-    if dtype not in dtypes_for(device):
-        pytest.skip(f"{dtype} is not benchmarked on {device}")
+def test_spatial_aware_pool(benchmark, impl, pass_, case, layout, dtype, device):
+    skip_unless_benchmarked(device, dtype, layout, impl)
     B, C, H, W = CASES[case]
     if device == "cpu" and B > 1:
         pytest.skip("batch 8 is too slow for the shared 2-core CPU")
-    x = make_inputs(B, C, (H, W), dtype=dtype, device=device)
+    x = make_inputs(B, C, (H, W), dtype=dtype, device=device, layout=LAYOUTS[layout])
     out_bytes = sum(tensor_bytes(o) for o in rtseg_ops.reference.spatial_aware_pool(x, LEVELS))
-    run_benchmark(benchmark, IMPLS[impl], (x, LEVELS), op="spatial_aware_pool", case=case,
-                  impl=impl, pass_=pass_, bytes_moved=tensor_bytes(x) + out_bytes)
+    run_benchmark(benchmark, resolve_impl(IMPLS, impl), (x, LEVELS), op="spatial_aware_pool",
+                  case=case, impl=impl, pass_=pass_, layout=layout, bytes_moved=tensor_bytes(x) + out_bytes)

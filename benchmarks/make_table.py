@@ -45,7 +45,9 @@ def build_rows(benchmarks):
     for b in benchmarks:
         info = b["extra_info"]
         key = (info["op"], info["case"], info["device"], info["dtype"], info["pass_"])
-        groups.setdefault(key, {})[info["impl"]] = (b["stats"]["median"], info)
+        # CUDA: the L2-flushed CUDA-event median (bench_harness.py), else the wall clock
+        median = info.get("cuda_median_s", b["stats"]["median"])
+        groups.setdefault(key, {})[info["impl"]] = (median, info)
     rows = []
     for key, impls in sorted(groups.items()):
         if "rtseg" not in impls:
@@ -59,6 +61,8 @@ def build_rows(benchmarks):
             peak = peak_gbps(info.get("gpu", ""))
             row["gbps"] = gbps
             row["roofline"] = gbps / peak if peak else None
+        if "flops" in info:
+            row["tflops"] = info["flops"] / t / 1e12
         rows.append(row)
     return rows
 
@@ -66,14 +70,17 @@ def build_rows(benchmarks):
 def render(rows, machine):
     lines = [f"# rtseg_ops benchmarks on {machine}", "",
              f"torch {torch.__version__}; median times; speedup = baseline / rtseg.", "",
+             "CUDA times are CUDA-event medians of single calls after an L2 flush; GB/s counts "
+             "the bytes a forward must move; TFLOP/s the attention's matmuls.", "",
              "| op | case | device | dtype | pass | rtseg ms | baselines (ms, speedup) | GB/s | "
-             "% of peak BW |", "|---|---|---|---|---|---:|---|---:|---:|"]
+             "% of peak BW | TFLOP/s |", "|---|---|---|---|---|---:|---|---:|---:|---:|"]
     for r in rows:
         base = "; ".join(f"{n} {ms:.3f} ({s:.2f}x)" for n, (ms, s) in sorted(r["baselines"].items()))
         gbps = f"{r['gbps']:.0f}" if "gbps" in r else ""
         roof = f"{100 * r['roofline']:.0f}%" if r.get("roofline") else ""
+        tflops = f"{r['tflops']:.1f}" if "tflops" in r else ""
         lines.append(f"| {r['op']} | {r['case']} | {r['device']} | {r['dtype']} | {r['pass']} | "
-                     f"{r['rtseg_ms']:.3f} | {base} | {gbps} | {roof} |")
+                     f"{r['rtseg_ms']:.3f} | {base} | {gbps} | {roof} | {tflops} |")
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def build_env(dry_run=False):
 def run(cmd, log, timeout, env=None, echo_tail=15):
     """Run `cmd` (output to `log`), within `timeout` seconds (SIGINT, then SIGKILL 20 s later, so
     pytest still writes its reports). Returns (status, seconds)."""
-    say("$ " + " ".join(cmd))
+    say("$ " + shlex.join(cmd))
     start = time.time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
@@ -320,7 +321,7 @@ def dry_run(ctx, phases):
     if "tests" in phases:
         rc, ids, line = collect(["tests", *TEST_SELECTION], {"RTSEG_COLLECT_CUDA": "1"})
         write_list(ctx, "dry-run-tests.txt", ids)
-        say(f"tests: pytest tests {' '.join(TEST_SELECTION)} {' '.join(xdist_workers())}: "
+        say(f"tests: pytest tests {shlex.join(TEST_SELECTION + xdist_workers())}: "
             f"{len(ids)} tests ({line}); per file: {per_file(ids)}")
         ok &= rc == 0 and len(ids) > 0
     if "sanitizer" in phases:
@@ -337,7 +338,7 @@ def dry_run(ctx, phases):
     if "bench" in phases:
         rc, ids, line = collect(["benchmarks", *BENCH_SELECTION], {"RTSEG_COLLECT_CUDA": "1"})
         write_list(ctx, "dry-run-bench.txt", ids)
-        say(f"bench: pytest benchmarks --benchmark-only {' '.join(BENCH_SELECTION)}: "
+        say(f"bench: pytest benchmarks --benchmark-only {shlex.join(BENCH_SELECTION)}: "
             f"{len(ids)} benchmarks; per file: {per_file(ids)}")
         ok &= rc == 0 and len(ids) > 0
     if "models" in phases:

@@ -60,6 +60,8 @@ def _target_dtype(policy, device_type, dtypes):
 def cast_inputs(name, *args):
     """`args` as op `name` runs them under the autocast state of their device (unchanged when
     autocast is off there)."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, kept cheap (about 0.15 us)
+        return args
     floats = list(_floats(args))
     if not floats:
         return args

@@ -290,14 +290,18 @@ RUNNERS = {"build": phase_build, "tests": phase_tests, "sanitizer": phase_saniti
 
 # ---------------------------------------------------------------- dry run
 
-def collect(args, env_extra):
-    env = test_env()
-    env.update(env_extra)
+def dry_collect(ctx, phase, args, command):
+    """Collect what `phase` would run as a GPU machine would (RTSEG_COLLECT_CUDA=1), list it in
+    dry-run-<phase>.txt and say how many per file. True when something was collected."""
+    env = dict(test_env(), RTSEG_COLLECT_CUDA="1")
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
                           "-p", "no:cacheprovider", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     ids = [line for line in out.stdout.splitlines() if "::" in line]
-    return out.returncode, ids, last_line_of(out.stdout)
+    write_list(ctx, f"dry-run-{phase}.txt", ids)
+    say(f"{phase}: {command}: {len(ids)} items ({last_line_of(out.stdout)}); per file: "
+        f"{per_file(ids)}")
+    return out.returncode == 0 and len(ids) > 0
 
 
 def per_file(ids):
@@ -319,11 +323,8 @@ def dry_run(ctx, phases):
         say(f"build: {sys.executable} setup.py build_ext --inplace; then import rtseg_ops "
             "and require a CUDA kernel for every op in backend_table()")
     if "tests" in phases:
-        rc, ids, line = collect(["tests", *TEST_SELECTION], {"RTSEG_COLLECT_CUDA": "1"})
-        write_list(ctx, "dry-run-tests.txt", ids)
-        say(f"tests: pytest tests {shlex.join(TEST_SELECTION + xdist_workers())}: "
-            f"{len(ids)} tests ({line}); per file: {per_file(ids)}")
-        ok &= rc == 0 and len(ids) > 0
+        ok &= dry_collect(ctx, "tests", ["tests", *TEST_SELECTION], "pytest tests " +
+                          shlex.join(TEST_SELECTION + xdist_workers()))
     if "sanitizer" in phases:
         for tool, extra in SANITIZER_TOOLS.items():
             out = subprocess.run([sys.executable, "tools/gpu_sanitizer_cases.py", "--list",
@@ -336,11 +337,8 @@ def dry_run(ctx, phases):
                 f"{'' if find_tool('compute-sanitizer') else '; compute-sanitizer not found here'}")
             ok &= out.returncode == 0 and len(cases) > 0
     if "bench" in phases:
-        rc, ids, line = collect(["benchmarks", *BENCH_SELECTION], {"RTSEG_COLLECT_CUDA": "1"})
-        write_list(ctx, "dry-run-bench.txt", ids)
-        say(f"bench: pytest benchmarks --benchmark-only {shlex.join(BENCH_SELECTION)}: "
-            f"{len(ids)} benchmarks; per file: {per_file(ids)}")
-        ok &= rc == 0 and len(ids) > 0
+        ok &= dry_collect(ctx, "bench", ["benchmarks", *BENCH_SELECTION],
+                          "pytest benchmarks --benchmark-only " + shlex.join(BENCH_SELECTION))
     if "models" in phases:
         present = models_cli_present()
         for cmd in model_commands(ctx.results):

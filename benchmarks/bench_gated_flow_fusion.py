@@ -1,7 +1,6 @@
 """gated_flow_fusion against the reference composite (interpolate + two grid_sample warps + gates)
 at the CSFCN SFC shape, flows and gates as channel slices of one offset-conv output."""
 import pytest
-import torch
 
 import rtseg_ops
 from bench_harness import (DEVICES, PASSES, parametrize_dtypes, parametrize_impls,
@@ -31,4 +30,5 @@ def test_gated_flow_fusion(benchmark, impl, pass_, case, layout, dtype, device):
                        layout="slices" if layout == "NCHW" else "slices_cl")
     out_bytes = args[0].numel() * args[0].element_size()
     run_benchmark(benchmark, resolve_impl(IMPLS, impl), args + (groups,), op="gated_flow_fusion",
-                  case=case, impl=impl, pass_=pass_, layout=layout, bytes_moved=tensor_bytes(*args) + out_bytes)
+                  case=case, impl=impl, pass_=pass_, layout=layout,
+                  bytes_moved=tensor_bytes(*args) + out_bytes)

@@ -1,6 +1,5 @@
 """grouped_flow_warp against the grid_sample reference at the CSFCN SFC and SFNet shapes."""
 import pytest
-import torch
 
 import rtseg_ops
 from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,

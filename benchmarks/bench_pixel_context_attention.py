@@ -1,7 +1,6 @@
 """pixel_context_attention against the reference (bmm, softmax, bmm) and, on CUDA,
 F.scaled_dot_product_attention, at CSFCN's CFC shapes."""
 import pytest
-import torch
 import torch.nn.functional as F
 
 import rtseg_ops

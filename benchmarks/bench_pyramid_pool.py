@@ -1,6 +1,5 @@
 """pyramid_pool against four adaptive_avg_pool2d calls (the reference) at CSFCN's CFC shapes."""
 import pytest
-import torch
 
 import rtseg_ops
 from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,

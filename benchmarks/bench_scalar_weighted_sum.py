@@ -3,7 +3,6 @@ sum) at SGCPNet's fusion nodes for a 1024x2048 image: C=64, levels 1/8 (128x256)
 top-down nodes fuse a level with the upsampled coarser one (2 inputs), bottom-up nodes add the
 max-pooled finer level (3 inputs). Normalised weights and swish, as the heaviest fused variant."""
 import pytest
-import torch
 
 from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,
                            parametrize_layouts, resolve_impl, run_benchmark,

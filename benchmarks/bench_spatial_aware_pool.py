@@ -1,7 +1,6 @@
 """spatial_aware_pool against five F.avg_pool2d calls (the reference) on the ResNet-18 stage
 outputs of a 1024x2048 image, as MSFNet pools them."""
 import pytest
-import torch
 
 import rtseg_ops
 from bench_harness import (DEVICES, LAYOUTS, PASSES, parametrize_dtypes, parametrize_impls,
@@ -34,4 +33,5 @@ def test_spatial_aware_pool(benchmark, impl, pass_, case, layout, dtype, device)
     x = make_inputs(B, C, (H, W), dtype=dtype, device=device, layout=LAYOUTS[layout])
     out_bytes = sum(tensor_bytes(o) for o in rtseg_ops.reference.spatial_aware_pool(x, LEVELS))
     run_benchmark(benchmark, resolve_impl(IMPLS, impl), (x, LEVELS), op="spatial_aware_pool",
-                  case=case, impl=impl, pass_=pass_, layout=layout, bytes_moved=tensor_bytes(x) + out_bytes)
+                  case=case, impl=impl, pass_=pass_, layout=layout,
+                  bytes_moved=tensor_bytes(x) + out_bytes)

@@ -64,9 +64,12 @@ def gpu_info():
     except Exception as exc:  # a broken triton is worth reporting, not fatal here
         info["triton"] = f"not importable ({exc.__class__.__name__})"
     if torch.cuda.is_available():
-        info["GPUs"] = [f"{torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))}, "
-                        f"{torch.cuda.get_device_properties(i).total_memory / 2**30:.0f} GiB)"
-                        for i in range(torch.cuda.device_count())]
+        info["GPUs"] = []
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            memory = torch.cuda.get_device_properties(i).total_memory / 2**30
+            info["GPUs"].append(f"{torch.cuda.get_device_name(i)} (sm_{major}{minor}, "
+                                f"{memory:.0f} GiB)")
         info["GPU"] = torch.cuda.get_device_name(0)
     smi = shutil.which("nvidia-smi")
     if smi:
@@ -106,7 +109,8 @@ def build_env(dry_run=False):
     import torch
     env = dict(os.environ)
     if torch.cuda.is_available():
-        caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        caps = sorted({torch.cuda.get_device_capability(i)
+                       for i in range(torch.cuda.device_count())})
         env["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
     elif dry_run:
         env["TORCH_CUDA_ARCH_LIST"] = "<compute capability of each visible GPU, e.g. 9.0>"
@@ -179,20 +183,26 @@ def phase_build(ctx, timeout):
         shutil.copy(ninja[0], os.path.join(ctx.results, "ninja_log.txt"))
     if status != "ok":
         return status, secs
+    return probe_extension(ctx), secs
+
+
+def probe_extension(ctx):
+    """"ok" when the built extension imports and every op has a CUDA kernel; backend_table.json
+    records the table."""
     probe = ("import json, rtseg_ops; assert rtseg_ops.extension_loaded(), "
              "rtseg_ops._backend.EXTENSION_ERROR; print(json.dumps(rtseg_ops.backend_table()))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=test_env(),
                          capture_output=True, text=True)
     if out.returncode != 0:
         print(out.stderr[-2000:])
-        return "failed (the extension does not import)", secs
+        return "failed (the extension does not import)"
     table = json.loads(out.stdout.strip().splitlines()[-1])
     with open(os.path.join(ctx.results, "backend_table.json"), "w") as f:
         json.dump(table, f, indent=1)
     missing = [r["op"] for r in table if r["cuda"] == "reference"]
     if missing:
-        return f"failed (no CUDA kernel for {', '.join(missing)})", secs
-    return "ok", secs
+        return f"failed (no CUDA kernel for {', '.join(missing)})"
+    return "ok"
 
 
 def phase_tests(ctx, timeout):
@@ -442,6 +452,11 @@ def main(argv=None):
         with open(timing_path) as f:
             timing = json.load(f)
     start, failed = time.time(), []
+    if "build" not in phases:
+        status = probe_extension(ctx)
+        if status != "ok":
+            sys.exit(f"gpu-check: the extension in this checkout is not usable on CUDA: {status}; "
+                     "run the build phase first")
     for i, name in enumerate(phases):
         left = args.budget - (time.time() - start) - RESERVE_S * (len(phases) - i - 1)
         timeout = max(30.0, min(PHASE_CAP_S[name], left))
@@ -462,7 +477,8 @@ def main(argv=None):
     say(f"total {time.time() - start:.0f}s; results in {os.path.relpath(ctx.results, ROOT)}"
         f"/summary.md")
     if failed:
-        say(f"failed: {' '.join(failed)}; rerun them with make gpu-check PHASES=\"{' '.join(failed)}\"")
+        names = " ".join(failed)
+        say(f"failed: {names}; rerun them with make gpu-check PHASES=\"{names}\"")
         return 1
     return 0
 

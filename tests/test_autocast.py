@@ -148,3 +148,28 @@ def test_cuda_autocast(name, dtype):
         assert_close(m.double(), e, tol, tol, f"mixed output {i}")
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert len(grads) == len(float_leaves(low))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_cuda_autocast(name, dtype):
+    """ops="fused" under CUDA autocast matches ops="reference" under the same autocast (within
+    MODEL_RTOL of the logits' scale in float16, twice that in bfloat16) and trains."""
+    size, options = MODELS[name]
+    fused = make_model(name, "fused", num_classes=19, **options).eval().cuda()
+    ref = twin(fused, name, "reference", num_classes=19, **options).eval().cuda()
+    x = image(size).cuda()
+    rtol = MODEL_RTOL if dtype == torch.float16 else 2 * MODEL_RTOL
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        out, ref_out = fused(x), ref(x)
+    assert out.dtype == ref_out.dtype
+    assert_close_scaled(out.float(), ref_out.float(), rtol, "CUDA autocast logits")
+    fused.train()
+    with torch.autocast("cuda", dtype=dtype):
+        outputs = fused(image(size, 2).cuda())
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        loss = sum(o.float().square().mean() for o in outputs)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in fused.parameters() if p.requires_grad)

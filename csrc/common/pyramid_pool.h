@@ -18,6 +18,15 @@ RTSEG_HD int64_t adaptive_end(int64_t i, int64_t in, int64_t out) {
   return ((i + 1) * in + out - 1) / out;
 }
 
+// Whether coordinate q (0..n) is a bin boundary (start or end) of adaptive pooling of n cells
+// into `bins` bins, in O(1): the only bin that can start at q is i = ceil(q * bins / n), the only
+// one that can end there j - 1 with j = floor(q * bins / n) (both functions are monotone in i).
+RTSEG_HD bool is_bin_boundary(int64_t q, int64_t n, int64_t bins) {
+  const int64_t i = (q * bins + n - 1) / n, j = (q * bins) / n;
+  return (i < bins && adaptive_start(i, n, bins) == q) ||
+         (j >= 1 && adaptive_end(j - 1, n, bins) == q);
+}
+
 // The cells a level pools: `h` x `w` source cells, grouped into rows/columns by `ymap`/`xmap`
 // (atom index of each coordinate 0..h / 0..w) or taken one by one when the maps are null.
 struct PoolSource {
@@ -41,6 +50,17 @@ struct PyramidPlan {
   int atoms_h, atoms_w;
   int64_t in_h, in_w;
 };
+
+// Whether the atoms cut the input rows (rows true, q in 0..in_h) or columns at q: at both ends
+// and at every bin boundary of every level pooled from the input. The host plan and the CUDA
+// kernel that builds the index maps on the device both number the atoms with this.
+RTSEG_HD bool is_atom_cut(const PyramidPlan& p, bool rows, int64_t q) {
+  const int64_t n = rows ? p.in_h : p.in_w;
+  if (q == 0 || q == n) return true;
+  for (int l = 0; l < p.levels; ++l)
+    if (p.src[l] < 0 && is_bin_boundary(q, n, rows ? p.oh[l] : p.ow[l])) return true;
+  return false;
+}
 
 // The source a level pools (the atoms of the input, or the level it cascades from).
 RTSEG_HD PoolSource level_source(const PyramidPlan& p, int l, const int32_t* ymap,

@@ -16,8 +16,39 @@ struct Maps {
         col_starts(maps + x.h + x.w + 2 + p.atoms_h + 1) {}
 };
 
+// Block 0 numbers the rows, block 1 the columns: each thread counts the cuts of a run of
+// coordinates, thread 0 scans the counts, and every coordinate gets its atom index (cuts up to
+// and including it, minus one) while each cut records itself as the start of its atom.
+__global__ void __launch_bounds__(kThreads, 1) maps_kernel(int32_t* __restrict__ maps, PyramidPlan p) {
+  __shared__ int32_t first_atom[kThreads];
+  const bool rows = blockIdx.x == 0;
+  const int64_t n = rows ? p.in_h : p.in_w;
+  int32_t* map = rows ? maps : maps + p.in_h + 1;
+  int32_t* starts = maps + p.in_h + p.in_w + 2 + (rows ? 0 : p.atoms_h + 1);
+  const int64_t per = (n + 1 + kThreads - 1) / kThreads;
+  const int64_t q0 = threadIdx.x * per, q1 = min(q0 + per, n + 1);
+  int32_t cuts = 0;
+  for (int64_t q = q0; q < q1; ++q) cuts += is_atom_cut(p, rows, q);
+  first_atom[threadIdx.x] = cuts;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t atom = -1;
+    for (int t = 0; t < kThreads; ++t) {
+      const int32_t c = first_atom[t];
+      first_atom[t] = atom;
+      atom += c;
+    }
+  }
+  __syncthreads();
+  int32_t atom = first_atom[threadIdx.x];
+  for (int64_t q = q0; q < q1; ++q) {
+    if (is_atom_cut(p, rows, q)) starts[++atom] = static_cast<int32_t>(q);
+    map[q] = atom;
+  }
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 8)
     forward_kernel(const T* __restrict__ x, const int32_t* __restrict__ maps_ptr,
                    T* __restrict__ out, PyramidPoolArgs a) {
   using A = acc_t<T>;
@@ -63,7 +94,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 4)
     backward_kernel(const T* __restrict__ grad_out, int64_t gs_n, int64_t gs_c, int64_t gs_m,
                     const int32_t* __restrict__ maps_ptr, T* __restrict__ grad_x,
                     PyramidPoolArgs a) {
@@ -123,6 +154,12 @@ cudaError_t reserve_shared(Kernel kernel, size_t bytes) {
 }
 
 }  // namespace
+
+cudaError_t launch_pyramid_pool_maps(int32_t* maps, const PyramidPlan& plan,
+                                     cudaStream_t stream) {
+  maps_kernel<<<2, kThreads, 0, stream>>>(maps, plan);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_pyramid_pool_forward(const void* x, const int32_t* maps, void* out,
                                         const PyramidPoolArgs& args, cudaStream_t stream) {

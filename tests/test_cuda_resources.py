@@ -8,7 +8,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("cuda_resources", ROOT / "tools" / "cuda_resources.py")
+_spec = importlib.util.spec_from_file_location("cuda_resources",
+                                              ROOT / "tools" / "cuda_resources.py")
 cuda_resources = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = cuda_resources  # dataclasses look their module up
 _spec.loader.exec_module(cuda_resources)

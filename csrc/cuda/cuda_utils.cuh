@@ -42,6 +42,11 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
 
 template <typename T> constexpr int vec_width() { return 16 / static_cast<int>(sizeof(T)); }
 
+// Threads per block of every launch. Every kernel declares __launch_bounds__(kThreads) (which
+// `make cuda-check` requires, as its block size), most with the resident blocks per SM they
+// should reach, which caps registers at 65536 / (kThreads * blocks) per thread and so pins the
+// occupancy; tools/cuda_resources.py reports each kernel's registers and occupancy and fails on
+// any spill.
 constexpr int kThreads = 256;
 
 // 1-D grid for a grid-stride loop over `total` items.

@@ -11,6 +11,18 @@ namespace {
 // Channels per thread in the forward: enough reuse of the taps, enough threads in flight.
 constexpr int64_t kChannelsPerThread = 16;
 
+// Resident blocks per SM that the kernels' __launch_bounds__ ask for (3 blocks of 256 threads:
+// 80 registers, 37.5% occupancy; 2: 128, 25%): what their registers allow without spilling on
+// sm_90. The scattering backward keeps the atomics' addresses live as well; double needs twice
+// the registers for its values.
+template <typename T> constexpr int forward_min_blocks() { return sizeof(acc_t<T>) == 8 ? 2 : 3; }
+template <typename T, bool kScatter> constexpr int backward_min_blocks() {
+  return sizeof(acc_t<T>) == 8 ? 1 : (kScatter ? 2 : 3);
+}
+template <typename T, int kTaps> constexpr int tap_keys_min_blocks() {
+  return sizeof(acc_t<T>) == 8 ? (kTaps == 16 ? 2 : 6) : (kTaps == 16 ? 3 : 7);
+}
+
 template <typename T> struct Inputs {
   const T *high, *low, *flow_high, *flow_low, *gate_high, *gate_low;
   explicit Inputs(const GatedFusionInputs& in)
@@ -53,10 +65,27 @@ __device__ __forceinline__ UpsampledWarpTaps<acc_t<T>> low_taps(const Inputs<T>&
   return upsampled_warp_taps(corners, H, W, a.low.h, a.low.w, sy, sx);
 }
 
+// The low warp of pixel (x, y) in group g in separable form, one LowAxis per axis: the kernels
+// that apply it to many channels keep 24 values per pixel live instead of upsampled_warp_taps' 64.
+template <typename T> struct LowWarp {
+  LowAxis<acc_t<T>> y, x;
+};
+template <typename T>
+__device__ __forceinline__ LowWarp<T> low_warp(const Inputs<T>& p, const GatedFusionArgs& a,
+                                               int64_t b, int64_t g, int64_t y, int64_t x) {
+  const Strided4& f = a.flow_low;
+  const int64_t H = a.high.h, W = a.high.w;
+  const T* d = p.flow_low + b * f.sn + 2 * g * f.sc + y * f.sh + x * f.sw;
+  const auto pos = flow_warp_position<acc_t<T>>(x, y, to_acc(d[0]), to_acc(d[f.sc]), H, W, H, W,
+                                                true);  // as fusion_warp_corners
+  return {low_axis(pos.iy, H, a.low.h), low_axis(pos.ix, W, a.low.w)};
+}
+
 // item = (b, g, channel chunk, y, x) with x fastest, so neighbouring threads write neighbouring
 // pixels of NCHW outputs.
 template <typename T>
-__global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, GatedFusionArgs a) {
+__global__ void __launch_bounds__(kThreads, forward_min_blocks<T>())
+    forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, GatedFusionArgs a) {
   using A = acc_t<T>;
   const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
   const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
@@ -67,7 +96,7 @@ __global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, Ga
     const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
     const int64_t b = i / (hw * chunks * a.groups);
     const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
-    const auto tl = low_taps(p, a, b, g, y, x, a.low.sh, a.low.sw);
+    const LowWarp<T> lw = low_warp(p, a, b, g, y, x);
     const A scale_high = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
     const A scale_low = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
     const int64_t c_begin = g * cg + chunk * kChannelsPerThread;
@@ -78,8 +107,15 @@ __global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, Ga
       A vl = A(0);
       const A vh = interpolate(th, [hp](int64_t o) { return to_acc(hp[o]); });
 #pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        if (tl.weight[k] != A(0)) vl += tl.weight[k] * to_acc(lp[tl.offset[k]]);
+      for (int r = 0; r < 4; ++r) {
+        if (lw.y.weight[r] == A(0)) continue;  // zero-weight taps are skipped, as interpolate()
+        const T* row = lp + lw.y.index[r] * a.low.sh;
+        A v = A(0);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if (lw.x.weight[k] != A(0)) v += lw.x.weight[k] * to_acc(row[lw.x.index[k] * a.low.sw]);
+        }
+        vl += lw.y.weight[r] * v;
       }
       out[b * os.sn + c * os.sc + y * os.sh + x * os.sw] = from_acc<T>(scale_low * vl +
                                                                        scale_high * vh);
@@ -91,10 +127,11 @@ __global__ void forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, Ga
 // per-pixel FusionSums in registers and writing them once (no atomics) to its slot of
 // `partials`; with kScatter the input gradients are scattered into the accumulation buffers.
 template <typename T, bool kScatter>
-__global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inputs<T> p,
-                                acc_t<T>* __restrict__ partials, int64_t chunks,
-                                acc_t<T>* __restrict__ grad_high, acc_t<T>* __restrict__ grad_low,
-                                GatedFusionArgs a) {
+__global__ void __launch_bounds__(kThreads, (backward_min_blocks<T, kScatter>()))
+    backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inputs<T> p,
+                    acc_t<T>* __restrict__ partials, int64_t chunks,
+                    acc_t<T>* __restrict__ grad_high, acc_t<T>* __restrict__ grad_low,
+                    GatedFusionArgs a) {
   using A = acc_t<T>;
   const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
   const int64_t per_chunk = (cg + chunks - 1) / chunks;
@@ -104,51 +141,69 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inp
     const int64_t x = i % W, y = (i / W) % H;
     const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
     const int64_t b = i / (hw * chunks * a.groups);
-    const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
-    const auto tl = low_taps(p, a, b, g, y, x, a.low.sh, a.low.sw);
-    const A scale_high = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
-    const A scale_low = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
     A sums[kFusionSums];
 #pragma unroll
     for (int q = 0; q < kFusionSums; ++q) sums[q] = A(0);
     const int64_t c_begin = g * cg + chunk * per_chunk;
     const int64_t c_end = min(c_begin + per_chunk, (g + 1) * cg);
-    for (int64_t c = c_begin; c < c_end; ++c) {
-      const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
-      const T* hp = p.high + b * a.high.sn + c * a.high.sc;
-      const T* lp = p.low + b * a.low.sn + c * a.low.sc;
-      A v = A(0), vx = A(0), vy = A(0);
+    // One pass over the channels per warp, so that only one warp's taps are live at a time (the
+    // second pass reads grad_out again, mostly from cache).
+    {
+      const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
+      const A scale = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
+        const T* hp = p.high + b * a.high.sn + c * a.high.sc;
+        A v = A(0), vx = A(0), vy = A(0);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if (!corner_used(th, k)) continue;  // outside: see interpolate()
-        const A val = to_acc(hp[th.offset[k]]);
-        v += th.weight[k] * val;
-        vx += th.dweight_dx[k] * val;
-        vy += th.dweight_dy[k] * val;
-        if (kScatter && th.weight[k] != A(0)) {
-          atomicAdd(grad_high + b * a.high.sn + c * a.high.sc + th.offset[k],
-                    th.weight[k] * scale_high * go);
+        for (int k = 0; k < 4; ++k) {
+          if (!corner_used(th, k)) continue;  // outside: see interpolate()
+          const A val = to_acc(hp[th.offset[k]]);
+          v += th.weight[k] * val;
+          vx += th.dweight_dx[k] * val;
+          vy += th.dweight_dy[k] * val;
+          if (kScatter && th.weight[k] != A(0)) {
+            atomicAdd(grad_high + b * a.high.sn + c * a.high.sc + th.offset[k],
+                      th.weight[k] * scale * go);
+          }
         }
+        sums[kHighValue] += go * v;
+        sums[kHighDx] += go * vx;
+        sums[kHighDy] += go * vy;
       }
-      sums[kHighValue] += go * v;
-      sums[kHighDx] += go * vx;
-      sums[kHighDy] += go * vy;
-      v = vx = vy = A(0);
+    }
+    {
+      const LowWarp<T> lw = low_warp(p, a, b, g, y, x);
+      const A scale = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
+        const T* lp = p.low + b * a.low.sn + c * a.low.sc;
+        A v = A(0), vx = A(0), vy = A(0);
 #pragma unroll
-      for (int k = 0; k < 16; ++k) {
-        if (tap_is_zero(tl, k)) continue;  // merged duplicates and taps outside the map
-        const A val = to_acc(lp[tl.offset[k]]);
-        v += tl.weight[k] * val;
-        vx += tl.dweight_dx[k] * val;
-        vy += tl.dweight_dy[k] * val;
-        if (kScatter && tl.weight[k] != A(0)) {
-          atomicAdd(grad_low + b * a.low.sn + c * a.low.sc + tl.offset[k],
-                    tl.weight[k] * scale_low * go);
+        for (int r = 0; r < 4; ++r) {
+          if (lw.y.unused(r)) continue;  // merged duplicates and rows outside the map
+          const int64_t row = lw.y.index[r] * a.low.sh;
+          A rv = A(0), rdx = A(0);
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            if (lw.x.unused(k)) continue;
+            const int64_t offset = row + lw.x.index[k] * a.low.sw;
+            const A val = to_acc(lp[offset]);
+            rv += lw.x.weight[k] * val;
+            rdx += lw.x.dweight[k] * val;
+            const A weight = lw.y.weight[r] * lw.x.weight[k];
+            if (kScatter && weight != A(0)) {
+              atomicAdd(grad_low + b * a.low.sn + c * a.low.sc + offset, weight * scale * go);
+            }
+          }
+          v += lw.y.weight[r] * rv;
+          vx += lw.y.weight[r] * rdx;
+          vy += lw.y.dweight[r] * rv;
         }
+        sums[kLowValue] += go * v;
+        sums[kLowDx] += go * vx;
+        sums[kLowDy] += go * vy;
       }
-      sums[kLowValue] += go * v;
-      sums[kLowDx] += go * vx;
-      sums[kLowDy] += go * vy;
     }
     A* slot = partials + (((chunk * a.high.n + b) * a.groups + g) * kFusionSums) * hw + y * W + x;
 #pragma unroll
@@ -159,10 +214,11 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inp
 // item = (b, y, x): adds the partial sums over chunks and groups in a fixed order and applies
 // the chain rule to the flow and gate gradients.
 template <typename T>
-__global__ void finalize_kernel(Inputs<T> p, const acc_t<T>* __restrict__ partials,
-                                int64_t chunks, T* __restrict__ grad_flow_high,
-                                T* __restrict__ grad_flow_low, T* __restrict__ grad_gate_high,
-                                T* __restrict__ grad_gate_low, GatedFusionArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 3 : 5)
+    finalize_kernel(Inputs<T> p, const acc_t<T>* __restrict__ partials,
+                    int64_t chunks, T* __restrict__ grad_flow_high,
+                    T* __restrict__ grad_flow_low, T* __restrict__ grad_gate_high,
+                    T* __restrict__ grad_gate_low, GatedFusionArgs a) {
   using A = acc_t<T>;
   const int64_t H = a.high.h, W = a.high.w, hw = H * W, G = a.groups, B = a.high.n;
   const auto slope = flow_warp_position<A>(0, 0, A(0), A(0), H, W, H, W, true);
@@ -197,8 +253,9 @@ __global__ void finalize_kernel(Inputs<T> p, const acc_t<T>* __restrict__ partia
 
 // item = (b, g, y, x): the plane pixel (row-major index) and gated weight of each of its taps.
 template <typename T, int kTaps>
-__global__ void tap_keys_kernel(Inputs<T> p, int64_t* __restrict__ keys,
-                                acc_t<T>* __restrict__ weights, GatedFusionArgs a) {
+__global__ void __launch_bounds__(kThreads, (tap_keys_min_blocks<T, kTaps>()))
+    tap_keys_kernel(Inputs<T> p, int64_t* __restrict__ keys,
+                    acc_t<T>* __restrict__ weights, GatedFusionArgs a) {
   using A = acc_t<T>;
   const int64_t H = a.high.h, W = a.high.w, hw = H * W;
   const Strided4& plane = kTaps == 16 ? a.low : a.high;
@@ -229,11 +286,12 @@ __global__ void tap_keys_kernel(Inputs<T> p, int64_t* __restrict__ keys,
 
 // item = (b, c, plane pixel q); its entries are order[bg][run_start[q] .. run_start[q + 1]).
 template <typename T>
-__global__ void gather_grad_kernel(const T* __restrict__ grad_out, Strided4 gs, int taps,
-                                   const int64_t* __restrict__ order,
-                                   const int64_t* __restrict__ run_start,
-                                   const acc_t<T>* __restrict__ weights, T* __restrict__ grad,
-                                   Strided4 ps, GatedFusionArgs a) {
+__global__ void __launch_bounds__(kThreads, 4)
+    gather_grad_kernel(const T* __restrict__ grad_out, Strided4 gs, int taps,
+                       const int64_t* __restrict__ order,
+                       const int64_t* __restrict__ run_start,
+                       const acc_t<T>* __restrict__ weights, T* __restrict__ grad,
+                       Strided4 ps, GatedFusionArgs a) {
   using A = acc_t<T>;
   const int64_t cg = ps.c / a.groups, W = a.high.w;
   const int64_t plane_hw = ps.h * ps.w, entries = a.high.h * W * taps;

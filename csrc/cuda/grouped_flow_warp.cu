@@ -23,8 +23,9 @@ __device__ __forceinline__ BilinearTaps<acc_t<T>> taps_at(const T* flow, const F
 // Any layout: item = (b, g, channel chunk, y, x) with x fastest, so neighbouring threads write
 // neighbouring pixels of NCHW outputs.
 template <typename T>
-__global__ void forward_kernel(const T* __restrict__ input, const T* __restrict__ flow,
-                               T* __restrict__ out, Strided4 os, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 3 : 4)
+    forward_kernel(const T* __restrict__ input, const T* __restrict__ flow,
+                   T* __restrict__ out, Strided4 os, FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
@@ -49,9 +50,10 @@ __global__ void forward_kernel(const T* __restrict__ input, const T* __restrict_
 // channels_last with 16-byte aligned channel vectors: item = (b, y, x, g, vector) with the
 // vector fastest, so a warp reads and writes whole contiguous channel runs of each corner.
 template <typename T, int N>
-__global__ void forward_channels_last_kernel(const T* __restrict__ input,
-                                             const T* __restrict__ flow, T* __restrict__ out,
-                                             Strided4 os, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, 4)
+    forward_channels_last_kernel(const T* __restrict__ input,
+                                 const T* __restrict__ flow, T* __restrict__ out,
+                                 Strided4 os, FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t vecs = cg / N;
@@ -85,10 +87,11 @@ __global__ void forward_channels_last_kernel(const T* __restrict__ input,
 // item = (b, g, y, x): the thread walks all channels of its group, so the flow gradient is
 // reduced in registers and written once, with no atomics; the input gradient is scattered.
 template <typename T, bool kScatter>
-__global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
-                                const T* __restrict__ input, const T* __restrict__ flow,
-                                T* __restrict__ grad_flow, acc_t<T>* __restrict__ grad_input,
-                                FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 2 : 4)
+    backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
+                    const T* __restrict__ input, const T* __restrict__ flow,
+                    T* __restrict__ grad_flow, acc_t<T>* __restrict__ grad_input,
+                    FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t hw = a.flow.h * a.flow.w;
@@ -125,8 +128,9 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
 }
 
 template <typename T>
-__global__ void corner_keys_kernel(const T* __restrict__ flow, int64_t* __restrict__ keys,
-                                   acc_t<T>* __restrict__ weights, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, 5)
+    corner_keys_kernel(const T* __restrict__ flow, int64_t* __restrict__ keys,
+                       acc_t<T>* __restrict__ weights, FlowWarpArgs a) {
   const int64_t hw = a.flow.h * a.flow.w;
   const int64_t total = a.in.n * a.groups * hw;
   const int64_t sentinel = a.in.h * a.in.w;
@@ -149,11 +153,12 @@ __global__ void corner_keys_kernel(const T* __restrict__ flow, int64_t* __restri
 
 // item = (b, c, input pixel); its entries are order[bg][run_start[q] .. run_start[q + 1]).
 template <typename T>
-__global__ void gather_grad_input_kernel(const T* __restrict__ grad_out, Strided4 gs,
-                                         const int64_t* __restrict__ order,
-                                         const int64_t* __restrict__ run_start,
-                                         const acc_t<T>* __restrict__ weights,
-                                         T* __restrict__ grad_input, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, 5)
+    gather_grad_input_kernel(const T* __restrict__ grad_out, Strided4 gs,
+                             const int64_t* __restrict__ order,
+                             const int64_t* __restrict__ run_start,
+                             const acc_t<T>* __restrict__ weights,
+                             T* __restrict__ grad_input, FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t in_hw = a.in.h * a.in.w, out_hw = a.flow.h * a.flow.w;

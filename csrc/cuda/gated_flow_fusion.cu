@@ -81,27 +81,66 @@ __device__ __forceinline__ LowWarp<T> low_warp(const Inputs<T>& p, const GatedFu
   return {low_axis(pos.iy, H, a.low.h), low_axis(pos.ix, W, a.low.w)};
 }
 
-// item = (b, g, channel chunk, y, x) with x fastest, so neighbouring threads write neighbouring
-// pixels of NCHW outputs.
+// The pixel and channels of item i: NCHW (lanes == 0): item = (b, g, channel chunk, y, x) with x
+// fastest, the thread walking its chunk's channels, so that neighbouring threads touch
+// neighbouring pixels; channels_last (lanes > 0): item = (b, y, x, g, chunk, lane), a team of
+// `lanes` threads (team_lanes) per chunk, lane l walking its channels l, l + lanes, ..., so that
+// neighbouring threads touch neighbouring channels.
+struct FusionItem {
+  int64_t b, g, y, x, chunk, lane, c_begin, c_end, c_step;
+};
+__device__ __forceinline__ FusionItem fusion_item(int64_t i, const GatedFusionArgs& a,
+                                                  int64_t chunks, int64_t per_chunk, int lanes) {
+  const int64_t H = a.high.h, W = a.high.w, cg = a.high.c / a.groups;
+  FusionItem t;
+  t.lane = 0;
+  if (lanes > 0) {
+    t.lane = i % lanes;
+    i /= lanes;
+    t.chunk = i % chunks;
+    i /= chunks;
+    t.g = i % a.groups;
+    i /= a.groups;
+    t.x = i % W;
+    t.y = (i / W) % H;
+    t.b = i / (W * H);
+  } else {
+    t.x = i % W;
+    i /= W;
+    t.y = i % H;
+    i /= H;
+    t.chunk = i % chunks;
+    i /= chunks;
+    t.g = i % a.groups;
+    t.b = i / a.groups;
+  }
+  const int64_t first = t.g * cg + t.chunk * per_chunk;
+  t.c_begin = first + t.lane;
+  t.c_end = min(first + per_chunk, (t.g + 1) * cg);
+  t.c_step = lanes > 0 ? lanes : 1;
+  return t;
+}
+
+// Item (fusion_item) = a chunk of channels of one pixel and group: both warps' taps once, then
+// the output of each channel.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, forward_min_blocks<T>())
-    forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, GatedFusionArgs a) {
+    forward_kernel(Inputs<T> p, T* __restrict__ out, Strided4 os, GatedFusionArgs a,
+                   int lanes) {
   using A = acc_t<T>;
-  const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
-  const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
-  const int64_t total = a.high.n * a.groups * chunks * hw;
+  const int64_t hw = a.high.h * a.high.w, cg = a.high.c / a.groups;
+  const int64_t per_chunk = lanes > 0 ? cg : kChannelsPerThread;
+  const int64_t chunks = (cg + per_chunk - 1) / per_chunk;
+  const int64_t total = a.high.n * a.groups * chunks * hw * (lanes > 0 ? lanes : 1);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = i % W, y = (i / W) % H;
-    const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
-    const int64_t b = i / (hw * chunks * a.groups);
+    const FusionItem t = fusion_item(i, a, chunks, per_chunk, lanes);
+    const int64_t b = t.b, g = t.g, y = t.y, x = t.x;
     const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
     const LowWarp<T> lw = low_warp(p, a, b, g, y, x);
     const A scale_high = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
     const A scale_low = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
-    const int64_t c_begin = g * cg + chunk * kChannelsPerThread;
-    const int64_t c_end = min(c_begin + kChannelsPerThread, (g + 1) * cg);
-    for (int64_t c = c_begin; c < c_end; ++c) {
+    for (int64_t c = t.c_begin; c < t.c_end; c += t.c_step) {
       const T* hp = p.high + b * a.high.sn + c * a.high.sc;
       const T* lp = p.low + b * a.low.sn + c * a.low.sc;
       A vl = A(0);
@@ -123,35 +162,35 @@ __global__ void __launch_bounds__(kThreads, forward_min_blocks<T>())
   }
 }
 
-// item = (b, g, channel chunk, y, x): the thread walks its chunk's channels, reducing the
-// per-pixel FusionSums in registers and writing them once (no atomics) to its slot of
-// `partials`; with kScatter the input gradients are scattered into the accumulation buffers.
+// Item (fusion_item) = a chunk of channels of one pixel and group: the thread (or, channels_last,
+// the team) walks the chunk's channels, reducing the per-pixel FusionSums in registers and
+// writing them once (no atomics) to the chunk's slot of `partials`; with kScatter the input
+// gradients are scattered into the accumulation buffers.
 template <typename T, bool kScatter>
 __global__ void __launch_bounds__(kThreads, (backward_min_blocks<T, kScatter>()))
     backward_kernel(const T* __restrict__ grad_out, Strided4 gs, Inputs<T> p,
                     acc_t<T>* __restrict__ partials, int64_t chunks,
                     acc_t<T>* __restrict__ grad_high, acc_t<T>* __restrict__ grad_low,
-                    GatedFusionArgs a) {
+                    GatedFusionArgs a, int lanes) {
   using A = acc_t<T>;
   const int64_t H = a.high.h, W = a.high.w, hw = H * W, cg = a.high.c / a.groups;
   const int64_t per_chunk = (cg + chunks - 1) / chunks;
-  const int64_t total = a.high.n * a.groups * chunks * hw;
+  // A multiple of `lanes`, and the grid's stride a multiple of 32: a team enters and leaves the
+  // loop together, as team_sum needs.
+  const int64_t total = a.high.n * a.groups * chunks * hw * (lanes > 0 ? lanes : 1);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = i % W, y = (i / W) % H;
-    const int64_t chunk = (i / hw) % chunks, g = (i / (hw * chunks)) % a.groups;
-    const int64_t b = i / (hw * chunks * a.groups);
+    const FusionItem t = fusion_item(i, a, chunks, per_chunk, lanes);
+    const int64_t b = t.b, g = t.g, y = t.y, x = t.x, chunk = t.chunk;
     A sums[kFusionSums];
 #pragma unroll
     for (int q = 0; q < kFusionSums; ++q) sums[q] = A(0);
-    const int64_t c_begin = g * cg + chunk * per_chunk;
-    const int64_t c_end = min(c_begin + per_chunk, (g + 1) * cg);
     // One pass over the channels per warp, so that only one warp's taps are live at a time (the
     // second pass reads grad_out again, mostly from cache).
     {
       const auto th = high_taps(p, a, b, g, y, x, a.high.sh, a.high.sw);
       const A scale = gate_at(p.gate_high, a.gate_high, b, y, x).scale;
-      for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t c = t.c_begin; c < t.c_end; c += t.c_step) {
         const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
         const T* hp = p.high + b * a.high.sn + c * a.high.sc;
         A v = A(0), vx = A(0), vy = A(0);
@@ -175,7 +214,7 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<T, kScatter>())
     {
       const LowWarp<T> lw = low_warp(p, a, b, g, y, x);
       const A scale = gate_at(p.gate_low, a.gate_low, b, y, x).scale;
-      for (int64_t c = c_begin; c < c_end; ++c) {
+      for (int64_t c = t.c_begin; c < t.c_end; c += t.c_step) {
         const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
         const T* lp = p.low + b * a.low.sn + c * a.low.sc;
         A v = A(0), vx = A(0), vy = A(0);
@@ -204,6 +243,11 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<T, kScatter>())
         sums[kLowDx] += go * vx;
         sums[kLowDy] += go * vy;
       }
+    }
+    if (lanes > 0) {
+#pragma unroll
+      for (int q = 0; q < kFusionSums; ++q) sums[q] = team_sum(sums[q], lanes);
+      if (t.lane != 0) continue;  // lane 0 writes the team's sums
     }
     A* slot = partials + (((chunk * a.high.n + b) * a.groups + g) * kFusionSums) * hw + y * W + x;
 #pragma unroll
@@ -284,20 +328,24 @@ __global__ void __launch_bounds__(kThreads, (tap_keys_min_blocks<T, kTaps>()))
   }
 }
 
-// item = (b, c, plane pixel q); its entries are order[bg][run_start[q] .. run_start[q + 1]).
+// item = (b, c, plane pixel q), or (b, q, c) with c fastest when `channel_fastest` (channels_last
+// grad_out and gradient); its entries are order[bg][run_start[q] .. run_start[q + 1]).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 4)
     gather_grad_kernel(const T* __restrict__ grad_out, Strided4 gs, int taps,
                        const int64_t* __restrict__ order,
                        const int64_t* __restrict__ run_start,
                        const acc_t<T>* __restrict__ weights, T* __restrict__ grad,
-                       Strided4 ps, GatedFusionArgs a) {
+                       Strided4 ps, GatedFusionArgs a, bool channel_fastest) {
   using A = acc_t<T>;
   const int64_t cg = ps.c / a.groups, W = a.high.w;
   const int64_t plane_hw = ps.h * ps.w, entries = a.high.h * W * taps;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < ps.n * ps.c * plane_hw;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = i % plane_hw, c = (i / plane_hw) % ps.c, b = i / (plane_hw * ps.c);
+    const int64_t inner = channel_fastest ? ps.c : plane_hw;
+    const int64_t q = channel_fastest ? (i / inner) % plane_hw : i % inner;
+    const int64_t c = channel_fastest ? i % inner : (i / inner) % ps.c;
+    const int64_t b = i / (plane_hw * ps.c);
     const int64_t bg = b * a.groups + c / cg;
     const int64_t* row_order = order + bg * entries;
     const A* row_weights = weights + bg * entries;
@@ -317,11 +365,13 @@ __global__ void __launch_bounds__(kThreads, 4)
 cudaError_t launch_gated_flow_fusion_forward(const GatedFusionInputs& in, void* out, Strided4 os,
                                              const GatedFusionArgs& a, cudaStream_t stream) {
   const int64_t cg = a.high.c / a.groups;
-  const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
-  const int64_t total = a.high.n * a.groups * chunks * a.high.h * a.high.w;
+  const bool channels_last = a.high.sc == 1 && a.low.sc == 1 && os.sc == 1 && a.high.c > 1;
+  const int lanes = channels_last ? team_lanes(cg) : 0;
+  const int64_t chunks = channels_last ? 1 : (cg + kChannelsPerThread - 1) / kChannelsPerThread;
+  const int64_t total = a.high.n * a.groups * chunks * a.high.h * a.high.w * (lanes ? lanes : 1);
   RTSEG_DISPATCH_DTYPE(a.dtype, T, {
-    forward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(Inputs<T>(in),
-                                                                  static_cast<T*>(out), os, a);
+    forward_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
+        Inputs<T>(in), static_cast<T*>(out), os, a, lanes);
   });
   return cudaGetLastError();
 }
@@ -334,7 +384,10 @@ cudaError_t launch_gated_flow_fusion_backward(const void* grad_out, Strided4 gs,
                                               const GatedFusionArgs& a, cudaStream_t stream) {
   const int64_t chunks = gated_flow_fusion_backward_chunks(a);
   const int64_t hw = a.high.h * a.high.w;
-  const int64_t total = a.high.n * a.groups * chunks * hw;
+  const int64_t per_chunk = (a.high.c / a.groups + chunks - 1) / chunks;
+  const bool channels_last = a.high.sc == 1 && a.low.sc == 1 && gs.sc == 1 && a.high.c > 1;
+  const int lanes = channels_last ? team_lanes(per_chunk) : 0;
+  const int64_t total = a.high.n * a.groups * chunks * hw * (lanes ? lanes : 1);
   const bool scatter = grad_high_acc != nullptr && grad_low_acc != nullptr;
   RTSEG_DISPATCH_DTYPE(a.dtype, T, {
     using A = acc_t<T>;
@@ -344,10 +397,10 @@ cudaError_t launch_gated_flow_fusion_backward(const void* grad_out, Strided4 gs,
     if (scatter) {
       backward_kernel<T, true><<<blocks_for(total), kThreads, 0, stream>>>(
           go, gs, p, sums, chunks, static_cast<A*>(grad_high_acc), static_cast<A*>(grad_low_acc),
-          a);
+          a, lanes);
     } else {
       backward_kernel<T, false><<<blocks_for(total), kThreads, 0, stream>>>(
-          go, gs, p, sums, chunks, nullptr, nullptr, a);
+          go, gs, p, sums, chunks, nullptr, nullptr, a, lanes);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -385,7 +438,8 @@ cudaError_t launch_gated_flow_fusion_gather_grad(const void* grad_out, Strided4 
   RTSEG_DISPATCH_DTYPE(a.dtype, T, {
     gather_grad_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_out), gs, gated_flow_fusion_taps(low_plane), order, run_start,
-        static_cast<const acc_t<T>*>(weights), static_cast<T*>(grad_plane), ps, a);
+        static_cast<const acc_t<T>*>(weights), static_cast<T*>(grad_plane), ps, a,
+        ps.sc == 1 && gs.sc == 1 && ps.c > 1);
   });
   return cudaGetLastError();
 }

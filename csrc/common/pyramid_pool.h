@@ -88,26 +88,30 @@ RTSEG_HD BinRect bin_rect(PoolSource s, int oh, int ow, int i, int j) {
 }
 
 // Mean of bin (i, j) of an oh x ow level over `cells` (row width `cells_w`) laid out as `s`.
+// Cells are `step` elements apart (several channels interleaved, channel fastest).
 template <typename A>
-RTSEG_HD A pool_bin(const A* cells, int cells_w, PoolSource s, int oh, int ow, int i, int j) {
+RTSEG_HD A pool_bin(const A* cells, int cells_w, PoolSource s, int oh, int ow, int i, int j,
+                    int step) {
   const BinRect b = bin_rect(s, oh, ow, i, j);
   A sum = 0;
   for (int64_t r = b.r0; r < b.r1; ++r)
-    for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[r * cells_w + c];
+    for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[(r * cells_w + c) * step];
   return sum / A(b.count);
 }
 
 // Adjoint of pool_bin for one row `r` of the cells: adds grad[i][j] / count to every cell of
-// row r inside bin (i, j). Rows are independent, so threads may own rows without races.
+// row r inside bin (i, j). Rows are independent, so threads may own rows without races. Cells
+// and gradients are `step` elements apart.
 template <typename A>
-RTSEG_HD void unpool_row(A* cells_row, int64_t r, PoolSource s, const A* grad, int oh, int ow) {
+RTSEG_HD void unpool_row(A* cells_row, int64_t r, PoolSource s, const A* grad, int oh, int ow,
+                         int step) {
   for (int i = 0; i < oh; ++i) {
     const int64_t y0 = adaptive_start(i, s.h, oh), y1 = adaptive_end(i, s.h, oh);
     if (r < map_index(s.ymap, y0) || r >= map_index(s.ymap, y1)) continue;
     for (int j = 0; j < ow; ++j) {
       const BinRect b = bin_rect(s, oh, ow, i, j);
-      const A g = grad[i * ow + j] / A(b.count);
-      for (int64_t c = b.c0; c < b.c1; ++c) cells_row[c] += g;
+      const A g = grad[(i * ow + j) * step] / A(b.count);
+      for (int64_t c = b.c0; c < b.c1; ++c) cells_row[c * step] += g;
     }
   }
 }

@@ -59,11 +59,12 @@ inline int team_lanes(int64_t channels) {
 }
 
 // The sum of v over the calling thread's team, in a fixed order (every lane of the team must
-// call it; lane 0's result is the one to use: other lanes may round differently).
+// call it; lane 0's result is the one to use, other lanes may round differently).
 template <typename A> __device__ __forceinline__ A team_sum(A v, int lanes) {
   const unsigned base = threadIdx.x & 31u & ~unsigned(lanes - 1);
   const unsigned mask = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u) << base;
-  for (int offset = lanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(mask, v, offset, lanes);
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(mask, v, offset, lanes);
   return v;
 }
 

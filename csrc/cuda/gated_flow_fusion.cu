@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, (tap_keys_min_blocks<T, kTaps>()))
 // item = (b, c, plane pixel q), or (b, q, c) with c fastest when `channel_fastest` (channels_last
 // grad_out and gradient); its entries are order[bg][run_start[q] .. run_start[q + 1]).
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 2 ? 5 : 4)
     gather_grad_kernel(const T* __restrict__ grad_out, Strided4 gs, int taps,
                        const int64_t* __restrict__ order,
                        const int64_t* __restrict__ run_start,

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 2 : 4)
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 5)
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 5 : 6)
     corner_keys_kernel(const T* __restrict__ flow, int64_t* __restrict__ keys,
                        acc_t<T>* __restrict__ weights, FlowWarpArgs a) {
   const int64_t hw = a.flow.h * a.flow.w;

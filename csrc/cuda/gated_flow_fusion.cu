@@ -225,7 +225,9 @@ __global__ void __launch_bounds__(kThreads, (backward_min_blocks<T, kScatter>())
           A rv = A(0), rdx = A(0);
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
-            if (lw.x.unused(k)) continue;
+            // As upsampled_warp_taps' taps: skipped when their weight and both derivatives
+            // (products of the entries) are 0, so an inf there cannot turn into nan.
+            if (lw.x.unused(k) || (lw.y.weight[r] == A(0) && lw.x.weight[k] == A(0))) continue;
             const int64_t offset = row + lw.x.index[k] * a.low.sw;
             const A val = to_acc(lp[offset]);
             rv += lw.x.weight[k] * val;

@@ -1,7 +1,9 @@
 # make test   : set up the environment, build, `make cuda-check` if nvcc exists, then every test
 # make bench  : set up, build, run the benchmarks and print the speedup table
-# make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed) and,
-#                   with a CPU-only torch, syntax-check every CUDA glue file against stub headers
+# make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed), print
+#                   each kernel's sm_90 registers, spills, stack, shared memory and occupancy
+#                   (tools/cuda_resources.py; fails on any spill) and, with a CPU-only torch,
+#                   syntax-check every CUDA glue file against stub headers
 # make gpu-check  : on a CUDA machine, build for its GPU and run every CUDA test, compute-sanitizer
 #                   and the GPU benchmarks (tools/gpu_check.py); DRY_RUN=1 lists what it would run,
 #                   PHASES="tests bench" reruns a subset, RESULTS=dir picks the results folder
@@ -27,7 +29,7 @@ endif
 PIN_VERSION := $(if $(filter command line environment,$(origin TORCH_PIN)),$(patsubst torch==%,%,$(TORCH_PIN)))
 NVCC := $(shell command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
 CUDA_INC := $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h /usr/local/cuda/include/cuda_runtime_api.h))
-CUDA_ARCHS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_ARCHS := --arch 80 --arch 90
 BUILD_LOG := build/pip-install.log
 
 .PHONY: env build test cuda-check glue-check bench gpu-check clean
@@ -66,13 +68,8 @@ test: build
 cuda-check:
 	@test -n "$(NVCC)" || { echo "cuda-check needs nvcc"; exit 1; }
 	@mkdir -p build/cuda-check
-	@for f in csrc/cuda/*.cu; do \
-		[ -e "$$f" ] || continue; \
-		echo "[cuda-check] $$f"; \
-		$(NVCC) -c -std=c++17 -O3 -Icsrc $(CUDA_ARCHS) -Werror all-warnings \
-			-Xcompiler -Wall,-Wextra,-Werror -o build/cuda-check/$$(basename $$f .cu).o $$f; \
-	done
-	@echo "[cuda-check] ok"
+	python3 tools/cuda_resources.py --nvcc $(NVCC) $(CUDA_ARCHS) --report-arch 90 \
+		--out-dir build/cuda-check --markdown build/cuda-check/resources_sm90.md csrc/cuda/*.cu
 	@if $(PYTHON) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then \
 		$(MAKE) --no-print-directory glue-check; fi
 

@@ -5,6 +5,11 @@ Environment switches:
   FORCE_CUDA=1            build the CUDA kernels even when torch.cuda.is_available() is False
                           (needs a CUDA build of torch: the glue includes torch's CUDA headers).
   TORCH_CUDA_ARCH_LIST    GPU targets, default "8.0;9.0+PTX".
+  CUDA_HOME               the CUDA toolkit; by default the one holding the nvcc on PATH (symlinks
+                          followed), else /usr/local/cuda or the newest /usr/local/cuda-*.
+The CUDA library headers torch's CUDA headers include (cusparse.h, cublas_v2.h) are taken from
+CUDA_HOME/include or, where the toolkit lacks them, from the nvidia-* pip packages installed with
+a CUDA build of torch (site-packages/nvidia/*/include).
 """
 import glob
 import os
@@ -17,6 +22,37 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _say(msg):
     print(f"[rtseg setup] {msg}", flush=True)
+
+
+def _find_cuda_home():
+    """The toolkit folder: torch guesses the folder above `which nvcc`, which is wrong where nvcc
+    is a wrapper script (such as /usr/local/bin/nvcc running /usr/local/cuda-13.0/bin/nvcc)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+                os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+def _cuda_library_includes(cuda_home):
+    """Folders with the CUDA library headers torch's CUDA headers include, when the toolkit at
+    `cuda_home` lacks them: those of the nvidia-* pip packages."""
+    if os.path.exists(os.path.join(cuda_home or "", "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels torch depends on
+    except ImportError:
+        return []
+    folders = [d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include"))]
+    return sorted(d for d in folders if os.path.exists(os.path.join(d, "cusparse.h")))
 
 
 def _cuda_decision(torch):
@@ -42,6 +78,9 @@ def _extensions():
         _say("RTSEG_NO_EXT=1: building no extension; every op runs on its PyTorch reference")
         return [], {}
     import torch
+    if torch.version.cuda is not None and _find_cuda_home():
+        # Before torch.utils.cpp_extension reads it, at import.
+        os.environ.setdefault("CUDA_HOME", _find_cuda_home())
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     build_cuda, reason = _cuda_decision(torch)
@@ -56,8 +95,19 @@ def _extensions():
     if build_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*_glue.cpp"))
-        _say(f"building CPU and CUDA kernels ({reason}); "
+        from torch.utils.cpp_extension import CUDA_HOME
+        library_includes = _cuda_library_includes(CUDA_HOME)
+        # After the system folders, so that the toolkit's own CUDA runtime headers stay first;
+        # only the glue (g++) includes torch's CUDA headers.
+        cxx_flags = cxx_flags + [f for d in library_includes for f in ("-idirafter", d)]
+        _say(f"building CPU and CUDA kernels ({reason}); CUDA_HOME={CUDA_HOME}; "
              f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        if library_includes:
+            _say(f"CUDA library headers from {', '.join(library_includes)}")
+        elif not os.path.exists(os.path.join(CUDA_HOME or "", "include", "cusparse.h")):
+            _say("warning: cusparse.h is neither in CUDA_HOME/include nor in an nvidia-* pip "
+                 "package; torch's CUDA headers need it (install the toolkit's cuSPARSE and "
+                 "cuBLAS headers, or add their folder to CPATH)")
         ext = CUDAExtension(
             "rtseg_ops._C", sources, include_dirs=include_dirs,
             define_macros=[("RTSEG_WITH_CUDA", "1")], extra_link_args=["-fopenmp"],

@@ -60,14 +60,8 @@ inline PyramidGeometry pyramid_geometry(int64_t H, int64_t W, at::IntArrayRef gr
 
   // Atoms: cut the input at every bin boundary of the levels pooled from it.
   std::vector<char> cut_y(H + 1, 0), cut_x(W + 1, 0);
-  cut_y[0] = cut_y[H] = cut_x[0] = cut_x[W] = 1;
-  for (int l = 0; l < p.levels; ++l) {
-    if (p.src[l] >= 0) continue;
-    for (int i = 0; i < p.oh[l]; ++i)
-      cut_y[adaptive_start(i, H, p.oh[l])] = cut_y[adaptive_end(i, H, p.oh[l])] = 1;
-    for (int j = 0; j < p.ow[l]; ++j)
-      cut_x[adaptive_start(j, W, p.ow[l])] = cut_x[adaptive_end(j, W, p.ow[l])] = 1;
-  }
+  for (int64_t q = 0; q <= H; ++q) cut_y[q] = is_atom_cut(p, /*rows=*/true, q);
+  for (int64_t q = 0; q <= W; ++q) cut_x[q] = is_atom_cut(p, /*rows=*/false, q);
   geo.maps.resize(H + W + 2);
   std::vector<int32_t> starts;
   auto number = [&starts](const std::vector<char>& cut, int32_t* map) {

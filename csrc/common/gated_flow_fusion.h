@@ -76,6 +76,59 @@ RTSEG_HD UpsampledWarpTaps<T> upsampled_warp_taps(const BilinearTaps<T>& corners
   return taps;
 }
 
+// One axis of the same low warp in separable form (both bilinear levels are separable): the
+// warp's two corners around position `pos` of the size-n upsampled axis (zero padding, as in
+// bilinear_taps) read through the align_corners upsampling of the size-m low axis
+// (align_corners_axis_taps), as four entries (corner, upsampling tap) with their low index, weight
+// and derivative with respect to pos. An entry reading the same index as an earlier entry of an
+// inside corner is merged into it; merged entries and those of corners outside the axis have
+// index 0 and zero coefficients. upsampled_warp_taps' tap (r, c) is row entry r times column entry
+// c: weight ay.weight[r] * ax.weight[c], d/dx ay.weight[r] * ax.dweight[c], d/dy
+// ay.dweight[r] * ax.weight[c]. That is 8 indices and 16 coefficients per pixel instead of 16
+// offsets and 48 coefficients, which is what keeps the CUDA kernels' registers down.
+template <typename T> struct LowAxis {
+  int32_t index[4];  // a row or column index: spatial sizes are below 2^31
+  T weight[4], dweight[4];
+  RTSEG_HD bool unused(int e) const { return weight[e] == T(0) && dweight[e] == T(0); }
+};
+template <typename T> RTSEG_HD LowAxis<T> low_axis(T pos, int64_t n, int64_t m) {
+  pos = rt_min(rt_max(pos, T(-2)), T(n + 1));  // see bilinear_taps
+  if (!(pos == pos)) pos = T(-2);
+  const T f = rt_floor(pos);
+  const int64_t i0 = static_cast<int64_t>(f);
+  const T t = pos - f;
+  LowAxis<T> axis;
+  bool live[4];  // an entry of an inside corner, not merged away
+  RTSEG_UNROLL
+  for (int j = 0; j < 2; ++j) {
+    const int64_t i = i0 + j;
+    const bool inside = i >= 0 && i < n;
+    live[2 * j] = live[2 * j + 1] = inside;
+    const T w = j ? t : T(1) - t, d = j ? T(1) : T(-1);
+    const auto up = align_corners_axis_taps<T>(inside ? i : 0, m, n);
+    axis.index[2 * j] = inside ? static_cast<int32_t>(up.i0) : 0;
+    axis.index[2 * j + 1] = inside ? static_cast<int32_t>(up.i1) : 0;
+    axis.weight[2 * j] = inside ? w * (T(1) - up.lambda) : T(0);
+    axis.weight[2 * j + 1] = inside ? w * up.lambda : T(0);
+    axis.dweight[2 * j] = inside ? d * (T(1) - up.lambda) : T(0);
+    axis.dweight[2 * j + 1] = inside ? d * up.lambda : T(0);
+  }
+  RTSEG_UNROLL
+  for (int e = 1; e < 4; ++e) {
+    RTSEG_UNROLL
+    for (int k = 0; k < e; ++k) {
+      if (live[e] && live[k] && axis.index[k] == axis.index[e]) {
+        axis.weight[k] += axis.weight[e];
+        axis.dweight[k] += axis.dweight[e];
+        axis.index[e] = 0;
+        axis.weight[e] = axis.dweight[e] = T(0);
+        live[e] = false;
+      }
+    }
+  }
+  return axis;
+}
+
 template <typename T> RTSEG_HD bool tap_is_zero(const UpsampledWarpTaps<T>& taps, int i) {
   return taps.weight[i] == T(0) && taps.dweight_dx[i] == T(0) && taps.dweight_dy[i] == T(0);
 }

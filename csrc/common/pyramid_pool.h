@@ -18,6 +18,15 @@ RTSEG_HD int64_t adaptive_end(int64_t i, int64_t in, int64_t out) {
   return ((i + 1) * in + out - 1) / out;
 }
 
+// Whether coordinate q (0..n) is a bin boundary (start or end) of adaptive pooling of n cells
+// into `bins` bins, in O(1): the only bin that can start at q is i = ceil(q * bins / n), the only
+// one that can end there j - 1 with j = floor(q * bins / n) (both functions are monotone in i).
+RTSEG_HD bool is_bin_boundary(int64_t q, int64_t n, int64_t bins) {
+  const int64_t i = (q * bins + n - 1) / n, j = (q * bins) / n;
+  return (i < bins && adaptive_start(i, n, bins) == q) ||
+         (j >= 1 && adaptive_end(j - 1, n, bins) == q);
+}
+
 // The cells a level pools: `h` x `w` source cells, grouped into rows/columns by `ymap`/`xmap`
 // (atom index of each coordinate 0..h / 0..w) or taken one by one when the maps are null.
 struct PoolSource {
@@ -41,6 +50,17 @@ struct PyramidPlan {
   int atoms_h, atoms_w;
   int64_t in_h, in_w;
 };
+
+// Whether the atoms cut the input rows (rows true, q in 0..in_h) or columns at q: at both ends
+// and at every bin boundary of every level pooled from the input. The host plan and the CUDA
+// kernel that builds the index maps on the device both number the atoms with this.
+RTSEG_HD bool is_atom_cut(const PyramidPlan& p, bool rows, int64_t q) {
+  const int64_t n = rows ? p.in_h : p.in_w;
+  if (q == 0 || q == n) return true;
+  for (int l = 0; l < p.levels; ++l)
+    if (p.src[l] < 0 && is_bin_boundary(q, n, rows ? p.oh[l] : p.ow[l])) return true;
+  return false;
+}
 
 // The source a level pools (the atoms of the input, or the level it cascades from).
 RTSEG_HD PoolSource level_source(const PyramidPlan& p, int l, const int32_t* ymap,
@@ -68,26 +88,30 @@ RTSEG_HD BinRect bin_rect(PoolSource s, int oh, int ow, int i, int j) {
 }
 
 // Mean of bin (i, j) of an oh x ow level over `cells` (row width `cells_w`) laid out as `s`.
+// Cells are `step` elements apart (several channels interleaved, channel fastest).
 template <typename A>
-RTSEG_HD A pool_bin(const A* cells, int cells_w, PoolSource s, int oh, int ow, int i, int j) {
+RTSEG_HD A pool_bin(const A* cells, int cells_w, PoolSource s, int oh, int ow, int i, int j,
+                    int step) {
   const BinRect b = bin_rect(s, oh, ow, i, j);
   A sum = 0;
   for (int64_t r = b.r0; r < b.r1; ++r)
-    for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[r * cells_w + c];
+    for (int64_t c = b.c0; c < b.c1; ++c) sum += cells[(r * cells_w + c) * step];
   return sum / A(b.count);
 }
 
 // Adjoint of pool_bin for one row `r` of the cells: adds grad[i][j] / count to every cell of
-// row r inside bin (i, j). Rows are independent, so threads may own rows without races.
+// row r inside bin (i, j). Rows are independent, so threads may own rows without races. Cells
+// and gradients are `step` elements apart.
 template <typename A>
-RTSEG_HD void unpool_row(A* cells_row, int64_t r, PoolSource s, const A* grad, int oh, int ow) {
+RTSEG_HD void unpool_row(A* cells_row, int64_t r, PoolSource s, const A* grad, int oh, int ow,
+                         int step) {
   for (int i = 0; i < oh; ++i) {
     const int64_t y0 = adaptive_start(i, s.h, oh), y1 = adaptive_end(i, s.h, oh);
     if (r < map_index(s.ymap, y0) || r >= map_index(s.ymap, y1)) continue;
     for (int j = 0; j < ow; ++j) {
       const BinRect b = bin_rect(s, oh, ow, i, j);
-      const A g = grad[i * ow + j] / A(b.count);
-      for (int64_t c = b.c0; c < b.c1; ++c) cells_row[c] += g;
+      const A g = grad[(i * ow + j) * step] / A(b.count);
+      for (int64_t c = b.c0; c < b.c1; ++c) cells_row[c * step] += g;
     }
   }
 }

@@ -59,48 +59,6 @@ template <typename T> struct GateMaps {
   }
 };
 
-// One axis of the low warp (separable, as both bilinear levels are): the warp's two corners around
-// position `pos` of the size-n upsampled axis (zero padding, as in bilinear_taps) read through
-// the align_corners upsampling of the size-m low axis (align_corners_axis_taps), as up to four
-// low indices with merged weights and their derivatives with respect to pos.
-template <typename T> struct LowAxis {
-  int count = 0;
-  int64_t index[4];
-  T weight[4], dweight[4];
-
-  void add(int64_t i, T w, T d) {
-    for (int e = 0; e < count; ++e) {
-      if (index[e] == i) {
-        weight[e] += w;
-        dweight[e] += d;
-        return;
-      }
-    }
-    index[count] = i;
-    weight[count] = w;
-    dweight[count] = d;
-    ++count;
-  }
-};
-
-template <typename T> LowAxis<T> low_axis(T pos, int64_t n, int64_t m) {
-  pos = std::min(std::max(pos, T(-2)), T(n + 1));  // see bilinear_taps
-  if (!(pos == pos)) pos = T(-2);
-  const T f = std::floor(pos);
-  const int64_t i0 = static_cast<int64_t>(f);
-  const T t = pos - f;
-  LowAxis<T> axis;
-  for (int j = 0; j < 2; ++j) {
-    const int64_t i = i0 + j;
-    if (i < 0 || i >= n) continue;  // outside: reads nothing
-    const T w = j ? t : T(1) - t, d = j ? T(1) : T(-1);
-    const auto up = align_corners_axis_taps<T>(i, m, n);
-    axis.add(up.i0, w * (T(1) - up.lambda), d * (T(1) - up.lambda));
-    axis.add(up.i1, w * up.lambda, d * up.lambda);
-  }
-  return axis;
-}
-
 // Taps and gates of one output row of one group. Pixel x owns the merged low taps
 // [low_begin[x], low_begin[x + 1]).
 template <typename T, typename Index> struct FusionRow {
@@ -127,8 +85,8 @@ template <typename T, typename Index> struct FusionRow {
                                              H, W, H, W, true);
       const auto ax = low_axis(pos.ix, W, a.ls.w), ay = low_axis(pos.iy, H, a.ls.h);
       low_begin[x] = n;
-      for (int r = 0; r < ay.count; ++r) {
-        for (int c = 0; c < ax.count; ++c) {
+      for (int r = 0; r < 4; ++r) {
+        for (int c = 0; c < 4; ++c) {
           const T weight = ay.weight[r] * ax.weight[c], dx = ay.weight[r] * ax.dweight[c],
                   dy = ay.dweight[r] * ax.weight[c];
           if (weight == T(0) && dx == T(0) && dy == T(0)) continue;  // reads nothing

@@ -42,7 +42,31 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
 
 template <typename T> constexpr int vec_width() { return 16 / static_cast<int>(sizeof(T)); }
 
+// Threads per block of every launch. Every kernel declares __launch_bounds__(kThreads) (which
+// `make cuda-check` requires, as its block size), most with the resident blocks per SM they
+// should reach, which caps registers at 65536 / (kThreads * blocks) per thread and so pins the
+// occupancy; tools/cuda_resources.py reports each kernel's registers and occupancy and fails on
+// any spill.
 constexpr int kThreads = 256;
+
+// Channel-fastest kernels for channels_last tensors give each pixel a team of `lanes` threads
+// (a power of two up to 32, so a team lies within one warp): lane l takes channels l, l + lanes,
+// ..., so neighbouring threads touch neighbouring channels, which are adjacent in memory.
+inline int team_lanes(int64_t channels) {
+  int lanes = 1;
+  while (lanes < 32 && lanes < channels) lanes *= 2;
+  return lanes;
+}
+
+// The sum of v over the calling thread's team, in a fixed order (every lane of the team must
+// call it; lane 0's result is the one to use, other lanes may round differently).
+template <typename A> __device__ __forceinline__ A team_sum(A v, int lanes) {
+  const unsigned base = threadIdx.x & 31u & ~unsigned(lanes - 1);
+  const unsigned mask = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u) << base;
+  for (int offset = lanes / 2; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(mask, v, offset, lanes);
+  return v;
+}
 
 // 1-D grid for a grid-stride loop over `total` items.
 inline unsigned int blocks_for(int64_t total, int threads = kThreads) {

@@ -115,8 +115,9 @@ __device__ void fill_first_conv(A* u1, const T* x, const DWConvArgs& a, const Ti
 }
 
 template <typename T>
-__global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ out, Strided4 os,
-                               DWConvArgs a, Tile t, int64_t blocks) {
+__global__ void __launch_bounds__(kThreads, 4)
+    forward_kernel(const T* __restrict__ x, T* __restrict__ out, Strided4 os,
+                   DWConvArgs a, Tile t, int64_t blocks) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   DWStage<A>* first = reinterpret_cast<DWStage<A>*>(smem);
@@ -155,10 +156,11 @@ __global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ out, Str
 // output, which goes to grad_u1 for the vertical transposed conv of transposed_first_kernel.
 // Per-channel sums are reduced in a fixed tree per block and written per tile.
 template <typename T>
-__global__ void backward_tile_kernel(const T* __restrict__ grad_out, Strided4 gs,
-                                     const T* __restrict__ x, acc_t<T>* __restrict__ grad_u1,
-                                     Strided4 us, acc_t<T>* __restrict__ partials, DWConvArgs a,
-                                     Tile t, int64_t blocks) {
+__global__ void __launch_bounds__(kThreads, 2)
+    backward_tile_kernel(const T* __restrict__ grad_out, Strided4 gs,
+                         const T* __restrict__ x, acc_t<T>* __restrict__ grad_u1,
+                         Strided4 us, acc_t<T>* __restrict__ partials, DWConvArgs a,
+                         Tile t, int64_t blocks) {
   using A = acc_t<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   DWStage<A>* first = reinterpret_cast<DWStage<A>*>(smem);
@@ -260,9 +262,10 @@ __global__ void backward_tile_kernel(const T* __restrict__ grad_out, Strided4 gs
 
 // grad_x = vertical transposed conv of grad_u1 with the first stage's taps.
 template <typename T>
-__global__ void transposed_first_kernel(const acc_t<T>* __restrict__ grad_u1, Strided4 us,
-                                        T* __restrict__ grad_x, Strided4 gxs, DWConvArgs a,
-                                        Fastest fastest) {
+__global__ void __launch_bounds__(kThreads, 8)
+    transposed_first_kernel(const acc_t<T>* __restrict__ grad_u1, Strided4 us,
+                            T* __restrict__ grad_x, Strided4 gxs, DWConvArgs a,
+                            Fastest fastest) {
   using A = acc_t<T>;
   const int64_t H = a.x.h, W = a.x.w, C = a.x.c, d = a.dilation;
   const int64_t total = a.x.n * C * H * W;
@@ -285,8 +288,9 @@ __global__ void transposed_first_kernel(const acc_t<T>* __restrict__ grad_u1, St
 
 // reduced[c][k] = sum over tiles of partials[tile][c][k]: one block per (c, k), fixed order.
 template <typename A>
-__global__ void reduce_tiles_kernel(const A* __restrict__ partials, A* __restrict__ reduced,
-                                    int64_t tiles, int64_t C) {
+__global__ void __launch_bounds__(kThreads, 8)
+    reduce_tiles_kernel(const A* __restrict__ partials, A* __restrict__ reduced,
+                        int64_t tiles, int64_t C) {
   __shared__ A buf[kThreads];
   const int64_t ck = blockIdx.x;
   A v = A(0);

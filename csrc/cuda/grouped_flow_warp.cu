@@ -23,8 +23,9 @@ __device__ __forceinline__ BilinearTaps<acc_t<T>> taps_at(const T* flow, const F
 // Any layout: item = (b, g, channel chunk, y, x) with x fastest, so neighbouring threads write
 // neighbouring pixels of NCHW outputs.
 template <typename T>
-__global__ void forward_kernel(const T* __restrict__ input, const T* __restrict__ flow,
-                               T* __restrict__ out, Strided4 os, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 3 : 4)
+    forward_kernel(const T* __restrict__ input, const T* __restrict__ flow,
+                   T* __restrict__ out, Strided4 os, FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t chunks = (cg + kChannelsPerThread - 1) / kChannelsPerThread;
@@ -49,9 +50,10 @@ __global__ void forward_kernel(const T* __restrict__ input, const T* __restrict_
 // channels_last with 16-byte aligned channel vectors: item = (b, y, x, g, vector) with the
 // vector fastest, so a warp reads and writes whole contiguous channel runs of each corner.
 template <typename T, int N>
-__global__ void forward_channels_last_kernel(const T* __restrict__ input,
-                                             const T* __restrict__ flow, T* __restrict__ out,
-                                             Strided4 os, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, 4)
+    forward_channels_last_kernel(const T* __restrict__ input,
+                                 const T* __restrict__ flow, T* __restrict__ out,
+                                 Strided4 os, FlowWarpArgs a) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t vecs = cg / N;
@@ -82,26 +84,45 @@ __global__ void forward_channels_last_kernel(const T* __restrict__ input,
   }
 }
 
-// item = (b, g, y, x): the thread walks all channels of its group, so the flow gradient is
-// reduced in registers and written once, with no atomics; the input gradient is scattered.
+// NCHW (lanes == 0): item = (b, g, y, x), the thread walking all channels of its group, so the
+// flow gradient is reduced in registers and written once, with no atomics; the input gradient is
+// scattered. channels_last input and grad_out (lanes > 0): item = (b, y, x, g, lane), a team of
+// `lanes` threads (team_lanes) per (b, g, pixel), lane l walking channels l, l + lanes, ..., so
+// grad_out, the corners and the scatter touch contiguous channels; the team's flow gradient
+// partials are summed in a fixed order (team_sum), so it stays deterministic.
 template <typename T, bool kScatter>
-__global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
-                                const T* __restrict__ input, const T* __restrict__ flow,
-                                T* __restrict__ grad_flow, acc_t<T>* __restrict__ grad_input,
-                                FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 2 : 4)
+    backward_kernel(const T* __restrict__ grad_out, Strided4 gs, const T* __restrict__ input,
+                    const T* __restrict__ flow, T* __restrict__ grad_flow,
+                    acc_t<T>* __restrict__ grad_input, FlowWarpArgs a, int lanes) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t hw = a.flow.h * a.flow.w;
-  const int64_t total = a.in.n * a.groups * hw;
+  const int64_t step = lanes > 0 ? lanes : 1;
+  // A multiple of `lanes`, and the grid's stride a multiple of 32: a team enters and leaves the
+  // loop together, as team_sum needs.
+  const int64_t total = a.in.n * a.groups * hw * step;
   const auto pos0 = flow_warp_position<A>(0, 0, A(0), A(0), a.flow.h, a.flow.w, a.in.h, a.in.w,
                                           a.align_corners);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t x = i % a.flow.w, y = (i / a.flow.w) % a.flow.h;
-    const int64_t g = (i / hw) % a.groups, b = i / (hw * a.groups);
+    int64_t lane = 0, x, y, g, b;
+    if (lanes > 0) {
+      lane = i % lanes;
+      g = (i / lanes) % a.groups;
+      const int64_t pix = i / (lanes * a.groups);
+      x = pix % a.flow.w;
+      y = (pix / a.flow.w) % a.flow.h;
+      b = pix / hw;
+    } else {
+      x = i % a.flow.w;
+      y = (i / a.flow.w) % a.flow.h;
+      g = (i / hw) % a.groups;
+      b = i / (hw * a.groups);
+    }
     const auto t = taps_at(flow, a, b, g, y, x);
     A gx = A(0), gy = A(0);
-    for (int64_t c = g * cg; c < (g + 1) * cg; ++c) {
+    for (int64_t c = g * cg + lane; c < (g + 1) * cg; c += step) {
       const A go = to_acc(grad_out[b * gs.sn + c * gs.sc + y * gs.sh + x * gs.sw]);
       const T* plane = input + b * a.in.sn + c * a.in.sc;
       A vx = A(0), vy = A(0);
@@ -118,6 +139,11 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
       gx += vx * go;
       gy += vy * go;
     }
+    if (lanes > 0) {
+      gx = team_sum(gx, lanes);
+      gy = team_sum(gy, lanes);
+      if (lane != 0) continue;  // lane 0 writes the team's sums
+    }
     T* gf = grad_flow + ((b * a.groups + g) * 2) * hw + y * a.flow.w + x;
     gf[0] = from_acc<T>(gx * pos0.dix_ddx);
     gf[hw] = from_acc<T>(gy * pos0.diy_ddy);
@@ -125,8 +151,9 @@ __global__ void backward_kernel(const T* __restrict__ grad_out, Strided4 gs,
 }
 
 template <typename T>
-__global__ void corner_keys_kernel(const T* __restrict__ flow, int64_t* __restrict__ keys,
-                                   acc_t<T>* __restrict__ weights, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 5 : 6)
+    corner_keys_kernel(const T* __restrict__ flow, int64_t* __restrict__ keys,
+                       acc_t<T>* __restrict__ weights, FlowWarpArgs a) {
   const int64_t hw = a.flow.h * a.flow.w;
   const int64_t total = a.in.n * a.groups * hw;
   const int64_t sentinel = a.in.h * a.in.w;
@@ -147,20 +174,25 @@ __global__ void corner_keys_kernel(const T* __restrict__ flow, int64_t* __restri
   }
 }
 
-// item = (b, c, input pixel); its entries are order[bg][run_start[q] .. run_start[q + 1]).
+// item = (b, c, input pixel q), or (b, q, c) with c fastest when `channel_fastest` (channels_last
+// grad_out and grad_input); its entries are order[bg][run_start[q] .. run_start[q + 1]).
 template <typename T>
-__global__ void gather_grad_input_kernel(const T* __restrict__ grad_out, Strided4 gs,
-                                         const int64_t* __restrict__ order,
-                                         const int64_t* __restrict__ run_start,
-                                         const acc_t<T>* __restrict__ weights,
-                                         T* __restrict__ grad_input, FlowWarpArgs a) {
+__global__ void __launch_bounds__(kThreads, sizeof(acc_t<T>) == 8 ? 4 : 5)
+    gather_grad_input_kernel(const T* __restrict__ grad_out, Strided4 gs,
+                             const int64_t* __restrict__ order,
+                             const int64_t* __restrict__ run_start,
+                             const acc_t<T>* __restrict__ weights,
+                             T* __restrict__ grad_input, FlowWarpArgs a, bool channel_fastest) {
   using A = acc_t<T>;
   const int64_t cg = a.in.c / a.groups;
   const int64_t in_hw = a.in.h * a.in.w, out_hw = a.flow.h * a.flow.w;
   const int64_t total = a.in.n * a.in.c * in_hw;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t q = i % in_hw, c = (i / in_hw) % a.in.c, b = i / (in_hw * a.in.c);
+    const int64_t inner = channel_fastest ? a.in.c : in_hw;
+    const int64_t q = channel_fastest ? (i / inner) % in_hw : i % inner;
+    const int64_t c = channel_fastest ? i % inner : (i / inner) % a.in.c;
+    const int64_t b = i / (in_hw * a.in.c);
     const int64_t bg = b * a.groups + c / cg;
     const int64_t* row_order = order + bg * out_hw * 4;
     const A* row_weights = weights + bg * out_hw * 4;
@@ -215,12 +247,13 @@ cudaError_t launch_grouped_flow_warp_backward(const void* grad_out, Strided4 gs,
     const auto* fl = static_cast<const T*>(flow);
     auto* gf = static_cast<T*>(grad_flow);
     auto* gi = static_cast<acc_t<T>*>(grad_input_acc);
+    const bool channels_last = a.in.sc == 1 && gs.sc == 1 && a.in.c > 1;
+    const int lanes = channels_last ? team_lanes(a.in.c / a.groups) : 0;
+    const unsigned int grid = blocks_for(total * (lanes ? lanes : 1));
     if (gi != nullptr) {
-      backward_kernel<T, true><<<blocks_for(total), kThreads, 0, stream>>>(go, gs, in, fl, gf,
-                                                                          gi, a);
+      backward_kernel<T, true><<<grid, kThreads, 0, stream>>>(go, gs, in, fl, gf, gi, a, lanes);
     } else {
-      backward_kernel<T, false><<<blocks_for(total), kThreads, 0, stream>>>(go, gs, in, fl, gf,
-                                                                           gi, a);
+      backward_kernel<T, false><<<grid, kThreads, 0, stream>>>(go, gs, in, fl, gf, gi, a, lanes);
     }
   });
   return cudaGetLastError();
@@ -243,7 +276,8 @@ cudaError_t launch_grouped_flow_warp_gather_grad_input(
   RTSEG_DISPATCH_DTYPE(a.dtype, T, {
     gather_grad_input_kernel<T><<<blocks_for(total), kThreads, 0, stream>>>(
         static_cast<const T*>(grad_out), gs, order, run_start,
-        static_cast<const acc_t<T>*>(weights), static_cast<T*>(grad_input), a);
+        static_cast<const acc_t<T>*>(weights), static_cast<T*>(grad_input), a,
+        a.in.sc == 1 && gs.sc == 1 && a.in.c > 1);
   });
   return cudaGetLastError();
 }

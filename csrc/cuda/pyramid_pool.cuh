@@ -15,7 +15,15 @@ struct PyramidPoolArgs {
 };
 
 // `maps` (device, int32): the atom index of rows 0..H and columns 0..W, then the first row of
-// each atom row and H, then the first column of each atom column and W.
+// each atom row and H, then the first column of each atom column and W; pyramid_pool_maps_size
+// elements, filled on the device by launch_pyramid_pool_maps (from the plan alone, passed by
+// value, so that a captured CUDA graph replays it correctly).
+inline int64_t pyramid_pool_maps_size(const PyramidPlan& p) {
+  return p.in_h + p.in_w + 2 + p.atoms_h + 1 + p.atoms_w + 1;
+}
+cudaError_t launch_pyramid_pool_maps(int32_t* maps, const PyramidPlan& plan,
+                                     cudaStream_t stream);
+
 // out: contiguous (B, C, M).
 cudaError_t launch_pyramid_pool_forward(const void* x, const int32_t* maps, void* out,
                                         const PyramidPoolArgs& args, cudaStream_t stream);

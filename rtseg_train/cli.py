@@ -74,7 +74,7 @@ OVERRIDES = (
     ("--workers", "workers", dict(type=int, help="DataLoader worker processes")),
     ("--seed", "seed", dict(type=int)),
     ("--ckpt-interval", "ckpt_interval", dict(type=int)),
-    ("--eval-interval", "eval_interval", dict(type=int, help="0: evaluate only at the end")),
+    ("--eval-interval", "eval_interval", dict(type=int, help="0: evaluate only at the end, -1: never")),
     ("--log-interval", "log_interval", dict(type=int)),
     ("--eval-mode", "eval_mode", dict(choices=("whole", "slide"))),
     ("--eval-crop", "eval_crop", dict(type=_size, help="sliding window HxW")),
@@ -121,6 +121,9 @@ def parser():
                    help="checkpoints (latest.pth, best.pth), train.csv, eval.csv, previews/")
     t.add_argument("--resume", nargs="?", const="auto", default=None, metavar="FILE",
                    help="continue from FILE (default: WORK_DIR/latest.pth)")
+    t.add_argument("--stop-at", type=int, default=None, metavar="N",
+                   help="end this run after iteration N with a checkpoint (for time-limited "
+                        "jobs); the schedule still spans --iters, and --resume continues")
     t.add_argument("--vis-count", type=int, default=4, help="preview PNGs per evaluation")
     e = sub.add_parser("eval", help="evaluate a checkpoint: per-class IoU and mIoU")
     _add_config_args(e)
@@ -157,7 +160,7 @@ def main(argv=None):
     config = _config(args)
     if args.command == "train":
         result = engine.train(config, args.data_root, args.work_dir, args.device, args.resume,
-                              not args.no_progress, args.vis_count)
+                              not args.no_progress, args.vis_count, args.stop_at)
         if is_main():
             print(f"iterations: {result['iter']}  loss: {result['loss']:.4f}  "
                   f"final mIoU: {100 * result['miou']:.2f}")

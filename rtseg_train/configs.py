@@ -68,7 +68,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     ckpt_interval: int = 1000
-    eval_interval: int = 4000         # 0: evaluate only at the end
+    eval_interval: int = 4000         # 0: evaluate only at the end; -1: never
     log_interval: int = 10
 
     def replace(self, **changes):

@@ -83,23 +83,40 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of every process's input is the sum of the gradients
+    of the output over processes."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch over all processes,
-    via a differentiable all-reduce (`torch.distributed.nn.functional.all_reduce`); it works on
-    every device and backend, including gloo on the CPU, where `torch.nn.SyncBatchNorm`
-    refuses to run. Eval mode and a single process behave as BatchNorm2d."""
+    """BatchNorm2d whose training statistics are those of the global batch over all processes
+    (mean, then the mean squared deviation from it, each summed over processes by a
+    differentiable all-reduce). It runs on every device and backend, including gloo on the CPU,
+    where `torch.nn.SyncBatchNorm` refuses to. Eval mode and a single process behave as
+    BatchNorm2d."""
 
     def forward(self, x):
         if not self.training or world()[1] == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-        n = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n])
-        stats = all_reduce(stats)
-        C = x.shape[1]
-        count = stats[-1]
-        mean = stats[:C] / count
-        var = stats[C:2 * C] / count - mean * mean
+        dims = (0, 2, 3)
+        local = torch.cat([x.sum(dims), x.new_tensor([x.numel() / x.shape[1]])])
+        total = _AllReduceSum.apply(local)
+        count = total[-1]
+        mean = total[:-1] / count
+        centered = x - mean[None, :, None, None]
+        var = _AllReduceSum.apply((centered * centered).sum(dims)) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -107,7 +124,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
                     1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        y = centered * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
         return y

@@ -189,19 +189,22 @@ def _set_rng_state(state):
 
 
 def train(config, data_root, work_dir, device="auto", resume=None, progress=True,
-          vis_count=4):
+          vis_count=4, stop_at=None):
     """Train `config` on `data_root`, writing checkpoints (latest.pth, best.pth), logs and
     previews into `work_dir`. `resume`: a checkpoint path, or "auto" for work_dir/latest.pth
-    when it exists. Returns dict(iter=, loss=, miou=, best_miou=) (mIoU of the final
-    evaluation, in [0, 1])."""
+    when it exists. `stop_at`: end this run after that iteration with a checkpoint, as if the
+    job's time were up (the schedule still spans `config.iters`; --resume continues).
+    Returns dict(iter=, loss=, miou=, best_miou=) (mIoU of the last evaluation, in [0, 1];
+    NaN when none ran)."""
     device = setup(device)
     try:
-        return _train(config, data_root, work_dir, device, resume, progress, vis_count)
+        return _train(config, data_root, work_dir, device, resume, progress, vis_count,
+                      min(stop_at or config.iters, config.iters))
     finally:
         cleanup()
 
 
-def _train(config, data_root, work_dir, device, resume, progress, vis_count):
+def _train(config, data_root, work_dir, device, resume, progress, vis_count, stop_at):
     rank, size = world()
     main = rank == 0
     os.makedirs(work_dir, exist_ok=True)
@@ -263,7 +266,7 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count):
     batches = iter(loader)
     it, loss_value, miou = start, math.nan, math.nan
     tick, tick_it = time.perf_counter(), start
-    while it < config.iters:
+    while it < stop_at:
         x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if config.channels_last:
@@ -285,7 +288,7 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count):
         scheduler.step()
         it += 1
         bar.update(1)
-        if it % config.log_interval == 0 or it == config.iters:
+        if it % config.log_interval == 0 or it == stop_at:
             stats = torch.stack([loss.detach().float(), *(v.float() for v in terms.values())])
             stats = all_reduce_sum(stats) / size
             loss_value = stats[0].item()
@@ -297,11 +300,10 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count):
             row.update({k: v.item() for k, v in zip(terms, stats[1:])})
             log.train(row)
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.1f}")
-        evaluate_now = it == config.iters or (config.eval_interval and
-                                             it % config.eval_interval == 0)
-        if evaluate_now:
+        if config.eval_interval >= 0 and (it == config.iters or (
+                config.eval_interval and it % config.eval_interval == 0)):
             miou = run_eval(it)
-        if main and (it % config.ckpt_interval == 0 or it == config.iters):
+        if main and (it % config.ckpt_interval == 0 or it == stop_at):
             save(latest, it)
     bar.close()
     log.close()

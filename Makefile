@@ -16,7 +16,7 @@ SHELL := /bin/bash
 # A Python that already imports torch (e.g. a GPU machine's CUDA torch) is used as is;
 # otherwise a local .venv gets the pinned CPU build.
 TORCH_PIN := torch==2.13.0
-DEV_DEPS := triton pytest pytest-benchmark numpy ninja
+DEV_DEPS := triton pytest pytest-benchmark numpy ninja pillow tqdm
 VENV :=
 ifneq ($(VENV),)
 PYTHON := $(VENV)/bin/python
@@ -49,7 +49,7 @@ env:
 		echo "[make] installing $(TORCH_PIN) into $$venv"; \
 		$(PYTHON) -m pip install -q $(TORCH_PIN); \
 	fi
-	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark")] if u.find_spec(i) is None))'); \
+	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark"), ("pillow", "PIL"), ("tqdm", "tqdm")] if u.find_spec(i) is None))'); \
 	if [ -n "$$missing" ]; then echo "[make] installing $$missing"; $(PYTHON) -m pip install -q $$missing; fi
 	@$(PYTHON) -c 'import torch; print(f"[make] python: $(PYTHON), torch {torch.__version__}, cuda {torch.cuda.is_available()}")'
 

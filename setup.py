@@ -126,10 +126,12 @@ setup(
     name="rtseg",
     version="0.1.0",
     description="Fused CUDA/Triton/C++ kernels for real-time semantic segmentation networks",
-    packages=find_packages(include=["rtseg_ops", "rtseg_ops.*", "rtseg_models", "rtseg_models.*"]),
+    packages=find_packages(include=["rtseg_ops", "rtseg_ops.*", "rtseg_models", "rtseg_models.*",
+                                    "rtseg_train", "rtseg_train.*"]),
     python_requires=">=3.10",
     # numpy: the Triton kernels of scalar_weighted_sum size their gathers with it
     install_requires=["torch>=2.11", "numpy"],
+    extras_require={"train": ["pillow", "tqdm"]},  # rtseg_train: image decoding, progress bars
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -46,7 +46,7 @@ def read_image(path):
     """HxWx3 uint8 RGB array of the image file at `path`."""
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
@@ -60,7 +60,7 @@ def read_mask(path):
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise DatasetError(f"mask {path} has mode {img.mode!r}; expected a single-channel "
                                    "(L, P or I) PNG of label values")
-            return np.asarray(img)
+            return np.array(img)
     except FileNotFoundError:
         raise DatasetError(f"mask file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:

@@ -152,11 +152,3 @@ def all_reduce_sum(tensor):
         dist.all_reduce(tensor)
     return tensor
 
-
-def broadcast_object(obj):
-    if world()[1] == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-

@@ -232,6 +232,10 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count, sto
         start, best_miou = state["iter"], state["best_miou"]
         if main:
             tqdm.write(f"[rtseg_train] resumed from {resume} at iteration {start}")
+            if state["world_size"] != size:
+                tqdm.write(f"[rtseg_train] the checkpoint was written by {state['world_size']} "
+                           f"processes and this run has {size}: training continues after the "
+                           "same number of samples, but not with the very same sample order")
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if size > 1 else model
     loader = train_loader(config, data_root, start * config.batch_size)

@@ -16,7 +16,7 @@ def sample_rng(seed, epoch, index):
 def resize(image, label, size):
     """image (bilinear) and label (nearest) resized to size = (height, width)."""
     h, w = size
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    image = np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((w, h), Image.NEAREST))
     return image, label.astype(np.int64)
 

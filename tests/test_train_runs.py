@@ -30,7 +30,9 @@ RUNS = {
     "msfnet": dict(crop=128, batch=4, iters=30, optimizer="adam", lr=1e-3),
 }
 MIN_TRAIN_MIOU = 0.30    # chance (everything "road") gives about 0.1
-LOSS_DROP = 0.85         # mean loss of the last 5 iterations below 0.85 x that of the first 3
+# mean loss of the last 5 iterations below this fraction of that of the first 3; FBSNet's OHEM
+# loss is the mean over the pixels still hard, so it falls more slowly than plain CE
+LOSS_DROP = {"ce": 0.85, "ohem": 0.93}
 REFERENCE_ITERS = 3
 REFERENCE_RTOL = 1e-3
 
@@ -86,11 +88,12 @@ def trained(data, tmp_path_factory):
 def test_model_learns_and_reference_ops_agree(name, trained, data, tmp_path):
     work, result = trained(name)
     losses = _losses(work)
+    loss_kind = _config(name).loss
     assert sorted(losses) == list(range(1, RUNS[name]["iters"] + 1))
     first = sum(losses[i] for i in (1, 2, 3)) / 3
     last = sum(losses[i] for i in range(len(losses) - 4, len(losses) + 1)) / 5
     print(f"{name}: loss {first:.3f} -> {last:.3f}, train mIoU {100 * result['miou']:.1f}%")
-    assert last < LOSS_DROP * first
+    assert last < LOSS_DROP[loss_kind] * first
     assert result["miou"] > MIN_TRAIN_MIOU
     assert os.path.isfile(os.path.join(work, "best.pth"))
     assert len(os.listdir(os.path.join(work, "previews"))) == 2

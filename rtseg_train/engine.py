@@ -204,7 +204,16 @@ def train(config, data_root, work_dir, device="auto", resume=None, progress=True
         cleanup()
 
 
+def check_amp(config, device):
+    if config.amp not in AMP_DTYPES:
+        raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {config.amp!r}")
+    if config.amp != "none" and device.type == "cpu" and config.ops == "fused":
+        raise ValueError(f"amp: --amp {config.amp} on the CPU needs --ops reference: the CPU "
+                         "kernels of rtseg_ops take float32 and float64 only")
+
+
 def _train(config, data_root, work_dir, device, resume, progress, vis_count, stop_at):
+    check_amp(config, device)
     rank, size = world()
     main = rank == 0
     os.makedirs(work_dir, exist_ok=True)
@@ -214,8 +223,6 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count, sto
         model = convert_sync_batchnorm(model, device)
     optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
-    if config.amp not in AMP_DTYPES:
-        raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {config.amp!r}")
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     criterion = SegmentationCriterion(config)
 
@@ -325,6 +332,7 @@ def run_evaluation(config, data_root, checkpoint_path, split=None, device="auto"
     """Evaluate a checkpoint; returns (ConfusionMatrix, class names)."""
     device = setup(device)
     try:
+        check_amp(config, device)
         model = load_for_eval(config, checkpoint_path, device)
         loader, class_names = eval_loader(config, data_root, split or config.eval_split)
         return evaluate(model, loader, config, device, vis_dir, vis_count, progress), class_names

@@ -6,6 +6,7 @@ The runs are single-threaded: at these crops a second thread gains little, and O
 stall badly when the CI machine is oversubscribed.
 """
 import csv
+import math
 import os
 import socket
 import subprocess
@@ -204,3 +205,19 @@ def test_torchrun_ddp_equals_one_process(tmp_path):
     print(f"DDP vs one process after 2 steps: max |param difference| {diff:.2e}, BN running "
           f"statistics {stats_diff:.2e} (relative); max param change from init {moved:.2e}")
     assert moved > 1e-3 and diff < 2e-5 and stats_diff < 2e-5
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_channels_last_and_clipping(amp, data, tmp_path):
+    config = _config("sgcpnet", iters=2, crop=(64, 64), batch_size=2, amp=amp,
+                     channels_last=True, clip_grad_norm=1.0, eval_interval=-1)
+    with pytest.raises(ValueError, match="amp: --amp .* on the CPU needs --ops reference"):
+        engine.train(config, data[64], str(tmp_path), "cpu", progress=False)
+    result = engine.train(config.replace(ops="reference"), data[64], str(tmp_path), "cpu",
+                          progress=False)
+    state = load(os.path.join(str(tmp_path), "latest.pth"))
+    assert result["iter"] == 2 and math.isfinite(result["loss"])
+    if amp == "fp16":  # the GradScaler's state is saved (it skips steps whose gradients overflow)
+        assert 0 < state["scaler"]["scale"] <= 2.0 ** 16
+    else:
+        assert state["scaler"] == {} and state["optimizer"]["state"]  # no scaler; it stepped

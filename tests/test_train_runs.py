@@ -103,6 +103,9 @@ def test_model_learns_and_reference_ops_agree(name, trained, data, tmp_path):
     engine.train(ref, data[RUNS[name]["crop"]], str(tmp_path), "cpu", progress=False,
                  stop_at=REFERENCE_ITERS)
     ref_losses = _losses(str(tmp_path))
+    worst = max(abs(ref_losses[i] / losses[i] - 1) for i in range(1, REFERENCE_ITERS + 1))
+    print(f"{name}: fused vs reference, first {REFERENCE_ITERS} losses: max relative "
+          f"difference {worst:.1e}")
     for i in range(1, REFERENCE_ITERS + 1):
         assert ref_losses[i] == pytest.approx(losses[i], rel=REFERENCE_RTOL), i
 

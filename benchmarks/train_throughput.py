@@ -4,7 +4,7 @@
 
 One step = forward, loss (the config's), backward and optimiser step on a fixed random batch
 (data loading excluded), in the config's training mode; the median of `--steps` timed steps
-after 2 warm-up steps.
+after 2 warm-up steps, fused and reference steps alternating.
 """
 import argparse
 import statistics
@@ -17,23 +17,35 @@ from rtseg_train.engine import build_model, build_optimizer
 from rtseg_train.losses import SegmentationCriterion
 
 
-def throughput(name, ops, crop, batch, steps):
+def _step_timer(name, ops, x, y):
     config = get_config(f"{name}_cityscapes", ops=ops)
     model = build_model(config, torch.device("cpu"))
     optimizer, criterion = build_optimizer(config, model), SegmentationCriterion(config)
-    torch.manual_seed(0)
-    x = torch.randn(batch, 3, crop, crop)
-    y = torch.randint(0, config.num_classes, (batch, crop, crop))
-    times = []
-    for i in range(steps + 2):
+
+    def step():
         start = time.perf_counter()
         loss, _ = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return batch / statistics.median(times)
+        return time.perf_counter() - start
+    return step
+
+
+def throughput(name, crop, batch, steps):
+    """images/s of (fused, reference); their steps alternate, so that a change in the load
+    of a shared machine hits both alike."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, crop, crop)
+    y = torch.randint(0, 19, (batch, crop, crop))
+    fused, ref = _step_timer(name, "fused", x, y), _step_timer(name, "reference", x, y)
+    times = {fused: [], ref: []}
+    for i in range(steps + 2):
+        for step in (fused, ref):
+            t = step()
+            if i >= 2:
+                times[step].append(t)
+    return tuple(batch / statistics.median(times[s]) for s in (fused, ref))
 
 
 def main():
@@ -49,8 +61,7 @@ def main():
           f"float32, images/s (median of {args.steps} steps)")
     print(f"{'model':8s} {'fused':>8s} {'reference':>10s} {'speedup':>8s}")
     for name in args.models.split(","):
-        fused = throughput(name, "fused", args.crop, args.batch, args.steps)
-        ref = throughput(name, "reference", args.crop, args.batch, args.steps)
+        fused, ref = throughput(name, args.crop, args.batch, args.steps)
         print(f"{name:8s} {fused:8.2f} {ref:10.2f} {fused / ref:7.2f}x", flush=True)
 
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .configs import get_config, list_configs
+from .configs import DATASET_INFO, get_config, list_configs
 
 
 def _size(text):
@@ -65,8 +65,8 @@ OVERRIDES = (
     ("--ops", "ops", dict(choices=("fused", "reference"),
                           help="rtseg_ops kernels or their PyTorch references")),
     ("--model-options", "model_options", dict(type=_json_dict,
-                                              help='JSON keyword arguments of the model, e.g. '
-                                                   '\'{"variant": "released"}\'')),
+                                              help='JSON keyword arguments of the model, merged into '
+                                                   'the config\'s, e.g. \'{"variant": "released"}\'')),
     ("--dataset", "dataset", dict(choices=("cityscapes", "camvid", "folder"))),
     ("--num-classes", "num_classes", dict(type=int)),
     ("--train-split", "train_split", dict()),
@@ -105,6 +105,11 @@ def _add_config_args(p):
 def _config(args):
     overrides = {dest: getattr(args, dest) for _, dest, _ in OVERRIDES + tuple(
         (f, d, None) for f, d, _ in SWITCHES) if getattr(args, dest) is not None}
+    if args.dataset in DATASET_INFO and args.num_classes is None:
+        overrides["num_classes"] = DATASET_INFO[args.dataset][0]
+    if "model_options" in overrides:  # merged into the config's, e.g. MSFNet's CamVid levels
+        overrides["model_options"] = {**get_config(args.config).model_options,
+                                      **overrides["model_options"]}
     config = get_config(args.config, **overrides)
     if config.dataset == "folder" and args.num_classes is None:
         raise SystemExit("error: --dataset folder needs --num-classes")

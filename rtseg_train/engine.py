@@ -246,8 +246,9 @@ def _train(config, data_root, work_dir, device, resume, progress, vis_count, sto
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if size > 1 else model
     loader = train_loader(config, data_root, start * config.batch_size)
-    val_loader, class_names = eval_loader(config, data_root, config.eval_split)
-    log = RunLog(work_dir, class_names, main)
+    val_loader = eval_loader(config, data_root, config.eval_split)[0] \
+        if config.eval_interval >= 0 else None
+    log = RunLog(work_dir, loader.dataset.base.class_names, main)
 
     def save(path, it):
         ckpt.save_atomic(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),

@@ -161,3 +161,21 @@ def _raise_during_save(path):
         def __reduce__(self):
             raise RuntimeError("boom")
     save_atomic({"x": Boom()}, path)
+
+
+def test_command_line_overrides():
+    from rtseg_train.cli import _config, parser
+    args = parser().parse_args(
+        ["train", "--config", "msfnet_camvid", "--data-root", "d", "--work-dir", "w",
+         "--crop", "32x48", "--model-options", '{"cbs": false}', "--eval-flip", "--no-hflip",
+         "--eval-scales", "0.5,1", "--dataset", "cityscapes"])
+    config = _config(args)
+    assert config.crop == (32, 48) and config.eval_scales == (0.5, 1.0)
+    assert config.model_options == {"levels": 3, "cbs": False}  # merged with the config's
+    assert config.eval_flip and not config.hflip and not config.channels_last
+    assert config.num_classes == 19  # follows --dataset
+    assert config.lr == get_config("msfnet_camvid").lr
+    for bad in (["--crop", "32y48"], ["--eval-scales", "0,1"], ["--model-options", "[1]"]):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["eval", "--config", "csfcn_camvid", "--data-root", "d",
+                                 "--checkpoint", "c", *bad])

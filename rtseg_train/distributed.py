@@ -19,7 +19,10 @@ def world():
 
 
 def is_main():
-    return world()[0] == 0
+    """Rank 0 of the process group, or, outside one, of the torchrun job (RANK), if any."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup(device):

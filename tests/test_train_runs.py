@@ -208,6 +208,18 @@ def test_torchrun_ddp_equals_one_process(tmp_path):
     print(f"DDP vs one process after 2 steps: max |param difference| {diff:.2e}, BN running "
           f"statistics {stats_diff:.2e} (relative); max param change from init {moved:.2e}")
     assert moved > 1e-3 and diff < 2e-5 and stats_diff < 2e-5
+    # evaluation split over 2 processes (confusion matrices all-reduced) = one process
+    evaluation = ["-m", "rtseg_train", "eval", "--config", "sgcpnet_cityscapes", "--data-root",
+                  root, "--checkpoint", os.path.join(two, "latest.pth"), "--no-progress",
+                  "--device", "cpu", "--split", "train"]
+    single = subprocess.run([sys.executable, *evaluation], env=_env(), check=True,
+                            capture_output=True, text=True).stdout
+    split = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                            "2", "--master_addr", "127.0.0.1", "--master_port",
+                            str(_free_port()), *evaluation], env=_env(), check=True,
+                           capture_output=True, text=True).stdout
+    assert split.count("mIoU: ") == 1  # printed by rank 0 only
+    assert split.strip().splitlines()[-21:] == single.strip().splitlines()[-21:]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])

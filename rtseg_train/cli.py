@@ -148,6 +148,15 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    from .datasets import DatasetError
+    try:
+        return _run(args)
+    except (DatasetError, FileNotFoundError) as e:  # the message names the path
+        print(f"python -m rtseg_train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     if args.command == "configs":
         for name in list_configs():
             c = get_config(name)

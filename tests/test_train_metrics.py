@@ -179,3 +179,14 @@ def test_command_line_overrides():
         with pytest.raises(SystemExit):
             parser().parse_args(["eval", "--config", "csfcn_camvid", "--data-root", "d",
                                  "--checkpoint", "c", *bad])
+
+
+def test_command_line_reports_missing_paths(tmp_path, capsys):
+    from rtseg_train.cli import main
+    nowhere = str(tmp_path / "nowhere")
+    assert main(["train", "--config", "sgcpnet_camvid", "--data-root", nowhere, "--work-dir",
+                 str(tmp_path / "run"), "--device", "cpu", "--no-progress"]) == 2
+    assert f"train: error: data root not found: {nowhere}" in capsys.readouterr().err
+    assert main(["eval", "--config", "sgcpnet_camvid", "--data-root", nowhere, "--checkpoint",
+                 str(tmp_path / "none.pth"), "--device", "cpu"]) == 2
+    assert "eval: error: checkpoint not found" in capsys.readouterr().err

@@ -207,9 +207,6 @@ def train(config, data_root, work_dir, device="auto", resume=None, progress=True
 def check_amp(config, device):
     if config.amp not in AMP_DTYPES:
         raise ValueError(f"amp: expected one of {sorted(AMP_DTYPES)}, got {config.amp!r}")
-    if config.amp != "none" and device.type == "cpu" and config.ops == "fused":
-        raise ValueError(f"amp: --amp {config.amp} on the CPU needs --ops reference: the CPU "
-                         "kernels of rtseg_ops take float32 and float64 only")
 
 
 def _train(config, data_root, work_dir, device, resume, progress, vis_count, stop_at):

@@ -75,6 +75,12 @@ def fold_batchnorm(bn):
     return scale, shift
 
 
+def _cast(p, dtype):
+    # No .to() when the dtype already matches: torch.export would record a cast and a metadata
+    # assert per parameter (FBSNet: 2048 of its 5336 nodes).
+    return p if p is None or p.dtype == dtype else p.to(dtype)
+
+
 class FactorizedDWConv(nn.Module):
     """FBSNet's depthwise pair: a 3x1 and a 1x3 depthwise conv (bias-free), each followed by
     BatchNorm and PReLU (one slope per channel), applied in ``order`` (``"vh"``: 3x1 first).
@@ -116,9 +122,9 @@ class FactorizedDWConv(nn.Module):
         for _, bn, act in (stages["v"], stages["h"]):
             scale, shift = fold_batchnorm(bn)
             slope = act.weight if isinstance(act, nn.PReLU) else None
-            args += [p if p is None else p.to(x.dtype) for p in (scale, shift, slope)]
+            args += [_cast(p, x.dtype) for p in (scale, shift, slope)]
         fn = factorized_dw_conv if self.ops == "fused" else reference.factorized_dw_conv
-        return fn(x, self.conv_v.weight.to(x.dtype), self.conv_h.weight.to(x.dtype),
+        return fn(x, _cast(self.conv_v.weight, x.dtype), _cast(self.conv_h.weight, x.dtype),
                   self.dilation, *args, self.order)
 
     def extra_repr(self):

@@ -178,9 +178,9 @@ def translation_table():
         size = (_static(inputs[0], 2, "inputs[0]'s height"),
                 _static(inputs[0], 3, "inputs[0]'s width"))
         if normalize:
+            eps = const(eps, weights)  # before `weights` becomes a value without a dtype
             weights = op.Relu(weights)
-            weights = op.Div(weights, op.Add(op.ReduceSum(weights, keepdims=0),
-                                             const(eps, weights)))
+            weights = op.Div(weights, op.Add(op.ReduceSum(weights, keepdims=0), eps))
         weights = op.CastLike(weights, inputs[0])
         y = None
         for i, x in enumerate(inputs):

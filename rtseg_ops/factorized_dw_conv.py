@@ -34,7 +34,7 @@ def _check_args(x, weight_v, weight_h, dilation, params, order):
 
 def factorized_dw_conv(x, weight_v, weight_h, dilation=1, scale_v=None, shift_v=None,
                        prelu_v=None, scale_h=None, shift_h=None, prelu_h=None, order="vh"):
-    """Two depthwise 1-D convs, each followed by a per-channel affine and a PReLU (ops.md
+    """Two depthwise 1-D convs, each followed by a per-channel affine and a PReLU (docs/ops.md
     section 6), without materialising the intermediate.
 
     Args:

@@ -13,7 +13,7 @@ import rtseg_ops
 from rtseg_ops import _backend
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# Half-precision dtypes are GPU-only (ops.md, common rules).
+# Half-precision dtypes are GPU-only (docs/ops.md, common rules).
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

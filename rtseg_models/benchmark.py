@@ -71,8 +71,9 @@ def time_forward(fn, x, warmup, iters, device):
     return statistics.median(times)
 
 
-def build(name, ops, device, dtype, channels_last, num_classes):
-    model = create_model(name, num_classes=num_classes, ops=ops).fuse_for_inference()
+def build(name, ops, device, dtype, channels_last, num_classes, **options):
+    """Model `name` in eval mode with BatchNorms folded, on `device` in `dtype`."""
+    model = create_model(name, num_classes=num_classes, ops=ops, **options).fuse_for_inference()
     model = model.to(device=device, dtype=dtype)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 

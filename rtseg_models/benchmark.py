@@ -22,20 +22,11 @@ import time
 
 import torch
 
+from ._cli import parse_size
 from .api import create_model, list_models
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMPLS = ("eager-reference", "eager-fused", "compile-reference", "compile-fused", "onnxruntime")
-
-
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--size: expected HxW such as 512x1024, got {text!r}")
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"--size: expected positive sizes, got {text!r}")
-    return h, w
 
 
 def device_name(device):

@@ -19,6 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from ._cli import parse_size
 from .api import create_model, list_models
 
 # Colours of the train ids: Cityscapes' official label colours for its 19 classes, and the
@@ -126,16 +127,6 @@ def load_checkpoint(model, path):
                 state = state[key]
                 break
     model.load_state_dict(state)
-
-
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 512x1024, got {text!r}")
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return h, w
 
 
 def parser():

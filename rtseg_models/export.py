@@ -68,7 +68,8 @@ def export_program(model, input_size, dynamic_batch=False, dynamic_size=False):
     x = torch.randn(size, device=param.device, dtype=param.dtype)
     shapes = dynamic_shapes(model, dynamic_batch, dynamic_size)
     # Size-oblivious reasoning: the example's size-1 maps (deep pooling levels) would otherwise
-    # specialise to 1 and fail at other sizes (e.g. MSFNet's 1/128 level at 320x640).
+    # specialise to 1 and fail at other sizes (MSFNet's 1/128 level: "Guard failed: ...
+    # // 32) == 1" at 320x640 after an export at 128x256).
     oblivious = torch.fx.experimental._config.patch(backed_size_oblivious=True) \
         if dynamic_size or dynamic_batch else contextlib.nullcontext()
     with torch.no_grad(), oblivious:

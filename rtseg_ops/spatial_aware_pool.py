@@ -25,10 +25,7 @@ def _check_args(x, levels, count_include_pad):
 def _level_shape(x, level):
     s = 2 ** level
     B, C, H, W = x.shape
-    # ceil(H / s), written as avg_pool2d's own size formula so that torch.export's symbolic
-    # shapes see the same expression for a level and for a conv/pool chain of the same stride
-    # (MSFNet concatenates them); -(-H // s) left it unable to prove them equal.
-    return (B, C, (H - 1) // s + 1, (W - 1) // s + 1)
+    return (B, C, -(-H // s), -(-W // s))
 
 
 def spatial_aware_pool(x, levels=5, count_include_pad=True):
@@ -77,10 +74,8 @@ class SpatialAwarePool(nn.Module):
 if _backend.extension_loaded():
     @torch.library.register_fake("rtseg::spatial_aware_pool")
     def _(x, levels, count_include_pad):
-        # torch.empty(memory_format=) rather than .contiguous(): the latter's layout check adds
-        # size == 1 guards that torch.export with dynamic H and W turns into failing asserts
         fmt = output_memory_format(x)
-        return [torch.empty(_level_shape(x, j), dtype=x.dtype, device=x.device, memory_format=fmt)
+        return [x.new_empty(_level_shape(x, j)).contiguous(memory_format=fmt)
                 for j in range(1, levels + 1)]
 
     @torch.library.register_fake("rtseg::spatial_aware_pool_backward")

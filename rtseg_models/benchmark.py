@@ -105,6 +105,7 @@ def run(args):
         x = x.contiguous(memory_format=torch.channels_last)
     rows, base = [], None
     for impl in args.impls:
+        print(f"[benchmark] {impl} ...", file=sys.stderr, flush=True)  # compiling can take minutes
         row = dict(model=args.model, impl=impl, device=device.type,
                    device_name=device_name(device), dtype=args.dtype,
                    size=f"{args.size[0]}x{args.size[1]}", batch=args.batch,
@@ -129,6 +130,7 @@ def run(args):
             print(f"[benchmark] {impl}: {row['error']}", file=sys.stderr)
         else:
             row.update(median_ms=median * 1e3, fps=args.batch / median)
+            print(f"[benchmark] {impl}: {median * 1e3:.2f} ms", file=sys.stderr, flush=True)
             if impl == "eager-reference":
                 base = median
             if base:

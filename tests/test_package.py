@@ -79,11 +79,14 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     python = str(venv / "bin" / "python")
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
+    # no PYTHONPATH: pip would take the source tree's rtseg.egg-info for an installed rtseg
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=600, env=clean)
+    # only now: pip must not see (and skip for, or uninstall) an rtseg installed beside torch
     torch_site = os.path.dirname(os.path.dirname(torch.__file__))
     with open(os.path.join(site, "same_torch.pth"), "w") as f:
         f.write(torch_site + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "-q",
-                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=600)
     check = textwrap.dedent("""
         import torch, rtseg_ops, rtseg_models
         assert rtseg_ops.__file__.startswith(sys.argv[1]), rtseg_ops.__file__
@@ -93,9 +96,8 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
         torch.testing.assert_close(y, rtseg_ops.reference.grouped_flow_warp(x, flow, 2))
         print(rtseg_ops.__version__, "ok")
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([python, "-c", "import sys\n" + check, site], cwd=str(tmp_path),
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=clean, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"{rtseg_ops.__version__} ok"
 

@@ -8,8 +8,8 @@ Each op becomes a small graph of standard ONNX operators (opset ``OPSET`` = 18, 
 torch's ONNX exporter and of its torchlib, supported by ONNX Runtime and TensorRT 8.6+), so the
 exported file runs anywhere without a custom-op library. The flow warp is a gather-based bilinear
 sample (GatherElements of the four corners) rather than ``GridSample``: GridSample's mode was
-renamed from "bilinear" to "linear" in opset 20, and runtimes that do not know the name of the
-other opset fall back to nearest sampling.
+renamed from "bilinear" to "linear" in opset 20, and runtimes that do not know the other opset's
+name have been reported to fall back to nearest sampling (TensorRT, with SFNet's warp).
 
 Shapes: the batch may be dynamic; spatial sizes must be static (the pooling matrices, nearest
 indices and sampling grids are constants computed from them). ``rtseg_models.export_onnx`` wraps

@@ -73,9 +73,11 @@ def onnxruntime_forward(model, x):
     """A callable timing `model` (float32, on the CPU) exported to ONNX, in an ONNX Runtime
     session on x's device; on CUDA the device tensor `x` is bound, so no host copy is timed."""
     import numpy as np
-    import onnxruntime
+
+    from rtseg_ops.onnx_export import require_export_packages
 
     from .export import export_onnx
+    onnxruntime, = require_export_packages("onnxruntime")
     cuda = x.device.type == "cuda"
     providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     if providers[0] not in onnxruntime.get_available_providers():

@@ -133,3 +133,10 @@ def test_pad_to_crops_back():
     out = predict.predict_logits(model, x, "whole", pad_to=32)
     torch.testing.assert_close(out[..., :19, :29], model(F.pad(x, (0, 2, 0, 12)))[..., :19, :29])
     assert out.shape[-2:] == (20, 30)
+
+
+def test_benchmark_without_onnxruntime_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    rows = benchmark.main(["--model", "fbsnet", "--size", "32x32", "--device", "cpu",
+                           "--warmup", "0", "--iters", "1", "--impls", "onnxruntime"])
+    assert "pip install 'rtseg[export]'" in rows[0]["error"]

@@ -10,10 +10,14 @@ Environment switches:
 The CUDA library headers torch's CUDA headers include (cusparse.h, cublas_v2.h) are taken from
 CUDA_HOME/include or, where the toolkit lacks them, from the nvidia-* pip packages installed with
 a CUDA build of torch (site-packages/nvidia/*/include).
+
+Build against the torch already installed: `pip install --no-build-isolation .` (see
+_require_torch). Metadata other than the version and dependencies is in pyproject.toml.
 """
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -120,18 +124,41 @@ def _extensions():
     return [ext], {"build_ext": BuildExtension}
 
 
+def _require_torch():
+    """Stop at once, saying why, when torch is not importable (usually pip's build isolation)."""
+    if os.environ.get("RTSEG_NO_EXT", "0") == "1":
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        isolated = any("pip-build-env" in p for p in sys.path)
+        sys.exit(
+            "[rtseg setup] error: torch is not importable "
+            + ("in pip's isolated build environment. " if isolated else "in this Python. ")
+            + "rtseg's extension must be compiled against the torch you run it with, so build "
+            "it with build isolation off:\n"
+            "    pip install --no-build-isolation .     (or: pip wheel --no-build-isolation .)\n"
+            "after installing torch (pip install torch). An isolated build would compile against "
+            "a freshly downloaded torch (several GB of CUDA wheels) whose C++ ABI and version "
+            "need not match the installed one, and the extension would then fail to load.")
+
+
+def _version():
+    with open(os.path.join(ROOT, "rtseg_ops", "_version.py")) as f:
+        return f.read().split("=")[1].strip().strip('"')
+
+
+_require_torch()
 ext_modules, cmdclass = _extensions()
 
 setup(
     name="rtseg",
-    version="0.1.0",
-    description="Fused CUDA/Triton/C++ kernels for real-time semantic segmentation networks",
+    version=_version(),
     packages=find_packages(include=["rtseg_ops", "rtseg_ops.*", "rtseg_models", "rtseg_models.*",
                                     "rtseg_train", "rtseg_train.*"]),
     python_requires=">=3.10",
     # numpy: the Triton kernels of scalar_weighted_sum size their gathers with it
     install_requires=["torch>=2.11", "numpy"],
-    extras_require={"train": ["pillow", "tqdm"]},  # rtseg_train: image decoding, progress bars
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

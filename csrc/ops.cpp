@@ -4,18 +4,25 @@
 #include <torch/library.h>
 
 #include "cpu/output_arena.h"
+#include "cpu/simd_dispatch.h"
 
 extern "C" {
 static PyObject* empty_cpu_cache(PyObject*, PyObject*) {
   return PyLong_FromLongLong(rtseg::empty_cpu_cache());
 }
 
+static PyObject* cpu_simd_level(PyObject*, PyObject*) {
+  return PyUnicode_FromString(rtseg::cpu_simd_level_name());
+}
+
 // Importing rtseg_ops._C runs the static registrations below; the module itself only holds
-// empty_cpu_cache.
+// empty_cpu_cache and cpu_simd_level.
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"empty_cpu_cache", empty_cpu_cache, METH_NOARGS,
        "Frees the cached blocks of large CPU outputs; returns the bytes freed."},
+      {"cpu_simd_level", cpu_simd_level, METH_NOARGS,
+       "The instruction set the CPU kernels' dispatched loops run with on this CPU."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -15,11 +15,12 @@ from .msfnet import MSFNet, class_boundary_labels, msfnet_loss
 from .mobilenetv3 import MobileNetV3SmallTrunk
 from .sgcpnet import SGCPNet
 from .fbsnet import FBSNet
+from .export import export_onnx, export_program
 
 __all__ = [
     "create_model", "list_models", "profile", "register_model",
     "ConvBNAct", "DepthwiseSeparableConv", "SegmentationModel", "fuse_for_inference", "resolve_op",
     "ResNet18", "CSFCN", "ContextFeatureCalibration", "SpatialFeatureCalibration",
     "MSFNet", "class_boundary_labels", "msfnet_loss",
-    "MobileNetV3SmallTrunk", "SGCPNet", "FBSNet",
+    "MobileNetV3SmallTrunk", "SGCPNet", "FBSNet", "export_onnx", "export_program",
 ]

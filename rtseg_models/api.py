@@ -10,6 +10,7 @@ fused and the reference path of a model report the same number.
 """
 import contextlib
 import math
+import os
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -37,12 +38,30 @@ def list_models():
 
 
 def create_model(name, num_classes=19, ops="fused", **options):
-    """Build model `name` with `num_classes` outputs; `ops="fused"` runs the rtseg_ops kernels,
-    `ops="reference"` their PyTorch references; `options` go to the model's constructor."""
+    """Build model `name` with `num_classes` (>= 1) outputs; `ops="fused"` runs the rtseg_ops
+    kernels, `ops="reference"` their PyTorch references; `options` go to the model's constructor
+    (every model takes `pretrained`: None or the path of a local backbone state dict)."""
     if name not in _MODELS:
         raise ValueError(f"name: unknown model {name!r}; expected one of {list_models()}")
     check_ops_setting(ops)
+    check_num_classes(num_classes)
     return _MODELS[name](num_classes=num_classes, ops=ops, **options)
+
+
+def check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r} (rtseg "
+                         f"models always end in a K-class classifier; there is no "
+                         f"num_classes=0 feature-extractor mode)")
+
+
+def check_pretrained(pretrained):
+    """`pretrained` must be None or the path of a local state dict (nothing is downloaded)."""
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f"pretrained: expected None or the path of a local state dict file, got "
+                        f"{pretrained!r}; rtseg downloads no weights, so pretrained=True has "
+                        f"nothing to load: pass pretrained='resnet18.pth' (a torchvision-format "
+                        f"state dict, or the model's own for SGCPNet's trunk)")
 
 
 def check_ops_setting(ops):

@@ -68,8 +68,8 @@ class SpatialFeatureCalibration(nn.Module):
     upsample-and-add fusion (zero offsets, gates 1). The 1x1 reduction of `low` (no bias) is
     applied before its bilinear upsampling rather than after: both are linear and the
     interpolation weights sum to 1, so the result is the same and the upsampled 128-channel map
-    is never materialised. Offset channel layout (ops.md): [0, 2G) flow_high, [2G, 4G) flow_low,
-    4G gate_low, 4G + 1 gate_high.
+    is never materialised. Offset channel layout (docs/ops.md): [0, 2G) flow_high,
+    [2G, 4G) flow_low, 4G gate_low, 4G + 1 gate_high.
     """
 
     def __init__(self, low_channels=256, high_channels=128, channels=128, groups=2,

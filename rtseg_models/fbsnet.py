@@ -1,7 +1,7 @@
 """FBSNet (paper 002): semantic information branch of BRUs, spatial detail branch, FAM.
 
 `variant="paper"` (default) follows the paper's Table I; `variant="released"` the released code's
-layout (../shared/specs/models.md). See `FBSNet` for the numbers.
+layout. See `FBSNet` for the numbers.
 """
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import rtseg_ops
 
-from .api import register_model
+from .api import check_pretrained, register_model
 from .layers import ConvBNAct, SegmentationModel
 
 BN_EPS = 1e-3
@@ -229,11 +229,14 @@ class FBSNet(SegmentationModel):
     607,103 parameters; the released code reports 607,199 because it also builds a BN + PReLU
     on 32 channels (96 parameters) that its forward never uses, left out here.
     `ops`: "fused" runs the rtseg_ops kernels, "reference" their PyTorch references.
+    `pretrained`: optional path of a state dict of the whole network (loaded strictly); FBSNet
+    trains from scratch, so there is no backbone checkpoint.
     forward(x) -> logits (B, K, H, W); any input size works.
     """
 
-    def __init__(self, num_classes=19, variant="paper", ops="fused"):
+    def __init__(self, num_classes=19, variant="paper", ops="fused", pretrained=None):
         super().__init__(ops)
+        check_pretrained(pretrained)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         cfg = VARIANTS[variant]
@@ -251,6 +254,8 @@ class FBSNet(SegmentationModel):
         self.sam = SpatialAttention(multiply=not cfg["released"])
         self.fam = FeatureAggregation(c5, cfg["fam_mid"])
         self.project = nn.ConvTranspose2d(c5, num_classes, 2, stride=2)
+        if pretrained is not None:
+            self.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=True))
 
     def fuse_for_inference(self):
         """Fold every BatchNorm that follows a conv or transposed conv (the BRUs' depthwise

@@ -1,11 +1,12 @@
 """MobileNetV3-Small truncated after its 11th bottleneck: SGCPNet's trunk (paper 001).
 
-The layout is the one of SGCPNet's released code (../shared/specs/models.md): 431,180 parameters,
+The layout is the one of SGCPNet's released code: 431,180 parameters,
 the paper's "BK 0.43M". It returns the features at 1/8 (24 ch), 1/16 (48 ch) and 1/32 (96 ch).
 """
 import torch
 from torch import nn
 
+from .api import check_pretrained
 from .layers import ConvBNAct
 
 # kernel, in, expand, out, activation, squeeze-excite, stride
@@ -73,6 +74,7 @@ class MobileNetV3SmallTrunk(nn.Module):
         super().__init__()
         self.stem = ConvBNAct(3, 16, 3, stride=2, act="hardswish")
         self.blocks = nn.ModuleList(Bottleneck(*row) for row in BOTTLENECKS)
+        check_pretrained(pretrained)
         if pretrained is not None:
             self.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=True))
 

@@ -83,7 +83,7 @@ class MSFNet(SegmentationModel):
       on ImageNet").
     - SAP: `spatial_aware_pool` after each of the four stages, pooling level j with stride
       s = 2**j, kernel 2s + 1, padding s (the paper's text says kernel 2**(2j+1) in one
-      formula and "stride x 2 + 1" in Table 5; we follow Table 5 and ops.md), average pooling
+      formula and "stride x 2 + 1" in Table 5; we follow Table 5 and docs/ops.md), average pooling
       counting the padding (PyTorch's default). `levels` is fixed at construction, not derived
       from the input size, so the weights do not depend on it; any input size works since each
       level has ceil(h / s) >= 1 rows, and the sizes of maps meeting at a resolution agree.

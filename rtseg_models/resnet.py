@@ -5,6 +5,7 @@ import warnings
 import torch
 from torch import nn
 
+from .api import check_pretrained
 from .layers import ConvBNAct
 
 
@@ -66,6 +67,7 @@ class ResNet18(nn.Module):
             setattr(self, f"layer{i + 1}", layer)
             in_channels = channels
         self._init_weights()
+        check_pretrained(pretrained)
         if pretrained is not None:
             self.load_pretrained(pretrained)
 

@@ -1,6 +1,6 @@
 """SGCPNet (paper 001): MobileNetV3-Small trunk, HFR, SGCP decoder with SW-Sum nodes.
 
-Layout (../shared/specs/models.md), C = 64:
+Layout, C = 64:
 - trunk taps at 1/8, 1/16, 1/32 (24, 48, 96 ch); HFR: biased 1x1 convs to 40, 112, 320 ch;
 - SGCP inputs: P3, P4, P5 = 1x1 conv (bias) + BN to C of the HFR maps; P6 = 3x3/2 max pool of
   1x1 conv + BN of HFR-5, P7 = 3x3/2 max pool of P6 (1/128);
@@ -109,15 +109,15 @@ class SGCPNet(SegmentationModel):
 
     `variant`: "paper" (raw SW-Sum scalars) or "released" (normalised scalars + swish).
     `ops`: "fused" runs the rtseg_ops kernels, "reference" their PyTorch references.
-    `pretrained_backbone`: optional path of a state dict for the trunk (loaded strictly).
+    `pretrained`: optional path of a state dict for the trunk (loaded strictly).
     forward(x) -> logits (B, K, H, W) at the input size."""
 
     def __init__(self, num_classes=19, variant="paper", ops="fused", channels=64,
-                 pretrained_backbone=None):
+                 pretrained=None):
         super().__init__(ops)
         if variant not in ("paper", "released"):
             raise ValueError(f"variant must be 'paper' or 'released', got {variant!r}")
-        self.backbone = MobileNetV3SmallTrunk(pretrained_backbone)
+        self.backbone = MobileNetV3SmallTrunk(pretrained)
         self.hfr = nn.ModuleList(nn.Conv2d(c_in, c_out, 1) for c_in, c_out in
                                  zip(self.backbone.out_channels, HFR_CHANNELS))
         self.sgcp = SGCPModule(HFR_CHANNELS, channels, variant == "released", ops)

@@ -2,11 +2,13 @@
 
 Every op is a ``torch.ops.rtseg`` custom op with CPU (C++) and CUDA (CUDA C++ or Triton) kernels,
 a fake kernel for torch.compile, registered autograd, and a PyTorch reference in
-``rtseg_ops.reference`` that defines its semantics (../shared/specs/ops.md). ``backend_table()``
-says which implementation each op runs on each device in this build.
+``rtseg_ops.reference`` that defines its semantics (docs/ops.md). ``backend_table()`` says which
+implementation each op runs on each device in this build, and ``rtseg_ops.onnx_export`` turns
+every op into standard ONNX operators.
 """
 from . import reference
-from ._backend import backend_table, extension_loaded
+from ._version import __version__
+from ._backend import backend_table, cpu_simd_level, extension_loaded
 from .factorized_dw_conv import FactorizedDWConv, factorized_dw_conv, fold_batchnorm
 from .gated_flow_fusion import GatedFlowFusion, gated_flow_fusion
 from .grouped_flow_warp import GroupedFlowWarp, flow_warp, grouped_flow_warp
@@ -17,7 +19,8 @@ from .scalar_weighted_sum import ScalarWeightedSum, scalar_weighted_sum
 from .spatial_aware_pool import SpatialAwarePool, spatial_aware_pool
 
 __all__ = [
-    "reference", "backend_table", "extension_loaded", "empty_cpu_cache",
+    "__version__", "reference", "backend_table", "cpu_simd_level", "extension_loaded",
+    "empty_cpu_cache",
     "grouped_flow_warp", "flow_warp", "GroupedFlowWarp",
     "gated_flow_fusion", "GatedFlowFusion",
     "spatial_aware_pool", "SpatialAwarePool",

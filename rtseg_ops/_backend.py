@@ -75,19 +75,32 @@ def use_kernel(name, device_type):
     return False
 
 
+def cpu_simd_level():
+    """The instruction set the extension's dispatched CPU loops picked on this CPU (None without
+    the extension)."""
+    return _C.cpu_simd_level() if extension_loaded() else None
+
+
 def backend_table():
     """One row per op: the implementation each device uses in this build ("reference" where
-    there is no kernel) and, under "missing", why a declared kernel is absent."""
+    there is no kernel), under "missing" why a declared kernel is absent, and under "cpu_isa"
+    the instruction set of its C++ kernels. On a CPU-only torch the CUDA column says so, even
+    for Triton kernels (registered for CUDA from Python, they run only under TRITON_INTERPRET=1
+    on CPU tensors there)."""
     rows = []
     for name, kinds in _DECLARED.items():
         row = {"op": name}
         for device_type in _DEVICE_KEYS:
-            if _AVAILABLE[(name, device_type)]:
+            if device_type == "cuda" and torch.version.cuda is None:
+                row[device_type] = "none (CPU-only torch)"
+            elif _AVAILABLE[(name, device_type)]:
                 row[device_type] = kinds[device_type]
             else:
                 row[device_type] = "reference"
         missing = {d: why for (op, d), why in _MISSING.items() if op == name}
         if missing:
             row["missing"] = missing
+        if row["cpu"] == "C++":
+            row["cpu_isa"] = cpu_simd_level()
         rows.append(row)
     return rows

@@ -1,7 +1,7 @@
 """Argument checks shared by the public ops: each error names the argument and what was expected."""
 import torch
 
-# Dtypes each device's kernels accept (ops.md, common rules). CUDA also takes float64 so that
+# Dtypes each device's kernels accept (docs/ops.md, common rules). CUDA also takes float64 so that
 # gradcheck can run on the GPU.
 SUPPORTED_DTYPES = {
     "cpu": (torch.float32, torch.float64),

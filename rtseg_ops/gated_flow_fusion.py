@@ -36,13 +36,15 @@ def _check_args(high, low, flow_high, flow_low, gate_high, gate_low, groups):
 
 
 def gated_flow_fusion(high, low, flow_high, flow_low, gate_high, gate_low, groups=2):
-    """CSFCN's gated fusion of a fine and a coarse feature map (ops.md section 4), in one pass.
+    """CSFCN's gated fusion of a fine and a coarse feature map (docs/ops.md section 4), in one pass.
 
     Args:
         high: ``(B, C, H, W)``, the fine (1/8) feature.
         low: ``(B, C, h, w)``, the coarse feature; any ``h, w >= 1``.
-        flow_high, flow_low: ``(B, 2*groups, H, W)`` per-group displacements ``(dx, dy)`` in
-            pixels of the ``H x W`` grid, as in :func:`grouped_flow_warp`.
+        flow_high, flow_low: ``(B, 2*groups, H, W)`` per-group displacements, channel ``2g``
+            ``dx`` and ``2g+1`` ``dy``, in :func:`grouped_flow_warp`'s units (not pixels: the
+            normalised position moves by ``dx / W``, about half an output pixel per unit, with
+            ``align_corners=True``); non-finite values sample zero.
         gate_high, gate_low: ``(B, 1, H, W)`` gate logits.
         groups: number of channel groups; must divide ``C``.
 

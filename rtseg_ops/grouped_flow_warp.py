@@ -9,6 +9,22 @@ from ._checks import (check_bool, check_choice, check_int, check_like, check_ten
 PADDING_MODES = ("zeros", "border")
 
 
+def _output_size(size):
+    """None, an int (square, as F.interpolate takes it) or (H, W) -> None or an (H, W) tuple."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else size
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                 for s in pair):
+        raise ValueError(f"size: expected None, a positive int or an (H, W) pair of positive "
+                         f"ints, got {size!r}")
+    return pair
+
+
 def _check_args(input, flow, groups, size, padding_mode, align_corners):
     check_tensor(input, "input", dim=4)
     check_tensor(flow, "flow", dim=4)
@@ -33,14 +49,21 @@ def _check_args(input, flow, groups, size, padding_mode, align_corners):
 
 
 def grouped_flow_warp(input, flow, groups=1, size=None, padding_mode="zeros", align_corners=True):
-    """Resample `input` at positions displaced by a per-group `flow` (ops.md section 1).
+    """Resample `input` at positions displaced by a per-group `flow` (docs/ops.md).
 
     Args:
         input: ``(B, C, h, w)``; group ``g`` owns channels ``[g*C/groups, (g+1)*C/groups)``.
-        flow: ``(B, 2*groups, H, W)``; channels ``2g`` and ``2g+1`` are group ``g``'s
-            displacement ``(dx, dy)`` in pixels of the output grid.
+        flow: ``(B, 2*groups, H, W)``; channel ``2g`` is group ``g``'s horizontal displacement
+            ``dx`` and channel ``2g+1`` its vertical ``dy``. Units are SFNet's, not pixels: the
+            normalised position moves by ``dx / W``, i.e. by ``dx * (w - 1) / (2 * W)`` input
+            pixels with ``align_corners=True`` (``dx * w / (2 * W)`` with False), about half an
+            output pixel per unit (``(W - 1) / (2 * W)``; 0.469 at ``w = W = 16``). Ports of
+            SFNet code that called ``F.grid_sample`` without ``align_corners`` (default False)
+            must pass ``align_corners=False`` to get the same samples. Non-finite values sample
+            zero with zeros padding (the reference, ``grid_sample``, gives NaN).
         groups: number of channel groups; must divide ``C``.
-        size: output ``(H, W)``; defaults to ``(h, w)`` and must equal ``flow.shape[-2:]``.
+        size: output ``(H, W)`` (an int ``s`` means ``(s, s)``); defaults to ``(h, w)`` and
+            must equal ``flow.shape[-2:]``.
         padding_mode: ``"zeros"`` or ``"border"``, as in ``F.grid_sample``.
         align_corners: as in ``F.grid_sample``.
 
@@ -55,6 +78,7 @@ def grouped_flow_warp(input, flow, groups=1, size=None, padding_mode="zeros", al
     ``size`` it is bilinear upsampling with ``align_corners=True``.
     """
     input, flow = _autocast.cast_inputs("grouped_flow_warp", input, flow)
+    size = _output_size(size)
     _check_args(input, flow, groups, size, padding_mode, align_corners)
     if _backend.use_kernel("grouped_flow_warp", input.device.type):
         return torch.ops.rtseg.grouped_flow_warp(input, flow, groups, padding_mode, align_corners)

@@ -39,7 +39,7 @@ def _check_args(query, key, value, scale):
 
 
 def pixel_context_attention(query, key, value, scale=1.0):
-    """Every pixel's query attends over M context vectors (ops.md section 3).
+    """Every pixel's query attends over M context vectors (docs/ops.md section 3).
 
     Args:
         query: ``(B, Ck, H, W)`` (NCHW or channels_last are read in place).

@@ -25,7 +25,7 @@ def _check_args(x, grids, keep_aspect_ratio, cascade):
 
 
 def pyramid_pool(x, grids=(1, 2, 3, 6), keep_aspect_ratio=True, cascade=True):
-    """Pool ``x`` into context vectors at several scales (ops.md section 2).
+    """Pool ``x`` into context vectors at several scales (docs/ops.md section 2).
 
     Args:
         x: ``(B, C, H, W)``.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references of every op, written from ../shared/specs/ops.md (the contract).
+"""Pure-PyTorch references of every op, written from docs/ops.md (the contract).
 
 They are the ground truth of the tests, the baselines of the benchmarks, the fallback when a
 kernel is missing and the `ops="reference"` path of the models. Keep them plain and obviously
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 
 def grouped_flow_warp(input, flow, groups=1, size=None, padding_mode="zeros", align_corners=True):
-    """ops.md section 1: per-group bilinear resampling of `input` displaced by `flow`."""
+    """docs/ops.md section 1: per-group bilinear resampling of `input` displaced by `flow`."""
     B, C, h, w = input.shape
     H, W = flow.shape[-2:] if size is None else size
     xs = torch.linspace(-1.0, 1.0, W, dtype=flow.dtype, device=flow.device)
@@ -29,14 +29,14 @@ def flow_warp(input, flow, size=None):
 
 
 def pyramid_level_sizes(height, width, grids=(1, 2, 3, 6), keep_aspect_ratio=True):
-    """ops.md section 2: the (oh, ow) of each level, in the order of `grids`."""
+    """docs/ops.md section 2: the (oh, ow) of each level, in the order of `grids`."""
     if keep_aspect_ratio:
         return [(g, max(1, round(g * width / height))) for g in grids]
     return [(g, g) for g in grids]
 
 
 def pyramid_pool(x, grids=(1, 2, 3, 6), keep_aspect_ratio=True, cascade=True):
-    """ops.md section 2: pooled levels flattened and concatenated to (B, C, M)."""
+    """docs/ops.md section 2: pooled levels flattened and concatenated to (B, C, M)."""
     sizes = dict(zip(grids, pyramid_level_sizes(*x.shape[-2:], grids, keep_aspect_ratio)))
     if cascade:  # the largest level from x, every smaller one from the next larger level
         pooled, prev = {}, x
@@ -48,7 +48,7 @@ def pyramid_pool(x, grids=(1, 2, 3, 6), keep_aspect_ratio=True, cascade=True):
 
 
 def pixel_context_attention(query, key, value, scale=1.0):
-    """ops.md section 3: every pixel's query attends over M context vectors (softmax in fp32,
+    """docs/ops.md section 3: every pixel's query attends over M context vectors (softmax in fp32,
     or in float64 for float64 inputs)."""
     B, Ck, H, W = query.shape
     q = query.flatten(2).transpose(1, 2)                      # (B, N, Ck)
@@ -60,7 +60,7 @@ def pixel_context_attention(query, key, value, scale=1.0):
 
 
 def gated_flow_fusion(high, low, flow_high, flow_low, gate_high, gate_low, groups=2):
-    """ops.md section 4: CSFCN SFC fusion of the fine `high` and the upsampled coarse `low`."""
+    """docs/ops.md section 4: CSFCN SFC fusion of the fine `high` and the upsampled coarse `low`."""
     size = tuple(high.shape[-2:])
     up = F.interpolate(low, size, mode="bilinear", align_corners=True)
     return ((1 + torch.tanh(gate_low)) * grouped_flow_warp(up, flow_low, groups)
@@ -68,7 +68,7 @@ def gated_flow_fusion(high, low, flow_high, flow_low, gate_high, gate_low, group
 
 
 def resize_to(x, size):
-    """ops.md section 5: bring x to `size` (same: as is; smaller in both dims: nearest;
+    """docs/ops.md section 5: bring x to `size` (same: as is; smaller in both dims: nearest;
     otherwise 3x3/2 max pooling, then nearest if the pooled size still differs)."""
     size = tuple(size)
     h, w = x.shape[-2:]
@@ -81,7 +81,7 @@ def resize_to(x, size):
 
 
 def scalar_weighted_sum(inputs, weights, normalize=False, eps=1e-4, activation=None):
-    """ops.md section 5: SGCPNet's SW-Sum of 1 to 4 maps resized to inputs[0]'s size."""
+    """docs/ops.md section 5: SGCPNet's SW-Sum of 1 to 4 maps resized to inputs[0]'s size."""
     size = inputs[0].shape[-2:]
     if normalize:
         weights = F.relu(weights)
@@ -103,7 +103,7 @@ def _dw_stage(x, weight, padding, dilation, scale, shift, prelu):
 
 def factorized_dw_conv(x, weight_v, weight_h, dilation=1, scale_v=None, shift_v=None,
                        prelu_v=None, scale_h=None, shift_h=None, prelu_h=None, order="vh"):
-    """ops.md section 6: 3x1 then 1x3 depthwise convs (or 1x3 then 3x1 for order="hv"), each
+    """docs/ops.md section 6: 3x1 then 1x3 depthwise convs (or 1x3 then 3x1 for order="hv"), each
     with a per-channel affine (folded BN) and PReLU."""
     d = dilation
     v = (weight_v, (d, 0), (d, 1), scale_v, shift_v, prelu_v)
@@ -113,7 +113,7 @@ def factorized_dw_conv(x, weight_v, weight_h, dilation=1, scale_v=None, shift_v=
 
 
 def spatial_aware_pool(x, levels=5, count_include_pad=True):
-    """ops.md section 7: level j (1-based) is avg_pool2d with stride s = 2**j, kernel 2s+1,
+    """docs/ops.md section 7: level j (1-based) is avg_pool2d with stride s = 2**j, kernel 2s+1,
     padding s."""
     return [F.avg_pool2d(x, 2 * s + 1, stride=s, padding=s, count_include_pad=count_include_pad)
             for s in (2 ** j for j in range(1, levels + 1))]

@@ -49,7 +49,7 @@ def _check_args(inputs, weights, normalize, eps, activation):
 
 
 def scalar_weighted_sum(inputs, weights, normalize=False, eps=1e-4, activation=None):
-    """Weighted sum of 1 to 4 maps brought to the size of ``inputs[0]`` (ops.md section 5).
+    """Weighted sum of 1 to 4 maps brought to the size of ``inputs[0]`` (docs/ops.md section 5).
 
     Args:
         inputs: list of ``(B, C, Hi, Wi)`` tensors; the output has the shape of ``inputs[0]``.

@@ -29,7 +29,7 @@ def _level_shape(x, level):
 
 
 def spatial_aware_pool(x, levels=5, count_include_pad=True):
-    """Average-pool `x` at strides 2, 4, ..., 2**levels in one pass (ops.md section 7).
+    """Average-pool `x` at strides 2, 4, ..., 2**levels in one pass (docs/ops.md section 7).
 
     Args:
         x: ``(B, C, H, W)``.

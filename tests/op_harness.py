@@ -20,7 +20,7 @@ CUDA_MARKS = (pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 COLLECT_CUDA = torch.cuda.is_available() or os.environ.get("RTSEG_COLLECT_CUDA") == "1"
 DEVICES = ["cpu"] + ([pytest.param("cuda", marks=CUDA_MARKS)] if COLLECT_CUDA else [])
-# Half-precision dtypes are GPU-only (ops.md, common rules).
+# Half-precision dtypes are GPU-only (docs/ops.md, common rules).
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 

@@ -119,14 +119,14 @@ def test_training_step_lowers_the_loss():
                         SMALL, K)
 
 
-def test_pretrained_backbone_is_loaded_from_a_path(tmp_path):
+def test_pretrained_is_loaded_from_a_path(tmp_path):
     source = rtseg_models.MobileNetV3SmallTrunk()
     with torch.no_grad():
         for p in source.parameters():
             p.normal_()
     path = tmp_path / "trunk.pt"
     torch.save(source.state_dict(), path)
-    model = rtseg_models.create_model("sgcpnet", num_classes=K, pretrained_backbone=str(path))
+    model = rtseg_models.create_model("sgcpnet", num_classes=K, pretrained=str(path))
     for name, tensor in source.state_dict().items():
         torch.testing.assert_close(model.backbone.state_dict()[name], tensor, rtol=0, atol=0)
 

@@ -44,7 +44,7 @@ def test_matches_reference(device, hw, grids, keep_aspect_ratio, cascade):
 
 
 def test_context_vector_counts():
-    """ops.md: M = 50 on a square map with the defaults, 100 on a 1:2 map."""
+    """docs/ops.md: M = 50 on a square map with the defaults, 100 on a 1:2 map."""
     assert op(make_input(hw=(24, 24))).shape == (2, 3, 50)
     assert op(make_input(hw=(32, 64))).shape == (2, 3, 100)
 

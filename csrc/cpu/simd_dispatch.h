@@ -58,6 +58,14 @@ inline Level cpu_level() {
 
 }  // namespace simd_detail
 
+inline const char* cpu_simd_level_name() {
+  switch (simd_detail::cpu_level()) {
+    case simd_detail::Level::Avx512: return "AVX-512 (x86-64-v4)";
+    case simd_detail::Level::Avx2: return "AVX2 + FMA (x86-64-v3)";
+    default: return "baseline x86-64 (SSE2)";
+  }
+}
+
 template <typename F>
 void simd_dispatch(const F& body) {
   switch (simd_detail::cpu_level()) {
@@ -76,6 +84,8 @@ void simd_dispatch(const F& body) {
 
 namespace rtseg {
 inline bool cpu_has_avx512() { return false; }
+
+inline const char* cpu_simd_level_name() { return "baseline (no run-time dispatch on this CPU)"; }
 
 template <typename F>
 void simd_dispatch(const F& body) {

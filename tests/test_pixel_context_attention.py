@@ -198,19 +198,23 @@ def test_triton_large_logits():
     check_against_reference(triton_op, ref, args + (100.0,), atol=1e-9, rtol=1e-8)
 
 
+# GPU-only cases (also compiled for sm_90 by tests/test_triton_compile.py): CSFCN's channels,
+# M = 50 (square crops), 100 (1024x2048) and 256, then the CSFCN shape itself.
+GPU_SHAPES = [(2, 32, 256, M, (33, 65)) for M in (50, 100, 256)] + [(4, 32, 256, 100, (64, 128))]
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("M", [50, 100, 256])
-def test_low_precision_cuda(dtype, layout, M):
-    args = make_inputs(B=2, Ck=32, Cv=256, M=M, hw=(33, 65), logit_scale=3.0, device="cuda",
-                       layout=layout)
+@pytest.mark.parametrize("B,Ck,Cv,M,hw", GPU_SHAPES[:3])
+def test_low_precision_cuda(dtype, layout, B, Ck, Cv, M, hw):
+    args = make_inputs(B, Ck, Cv, M, hw, logit_scale=3.0, device="cuda", layout=layout)
     check_low_precision(op, ref, args, dtype=dtype)
 
 
 @requires_cuda
 def test_cuda_csfcn_shape():
-    args = make_inputs(B=4, Ck=32, Cv=256, M=100, hw=(64, 128), logit_scale=3.0, device="cuda")
+    args = make_inputs(*GPU_SHAPES[3], logit_scale=3.0, device="cuda")
     check_against_reference(op, ref, args, atol=1e-4, rtol=1e-4)
 
 

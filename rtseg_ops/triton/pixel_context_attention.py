@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import Launch, run
+
 
 @triton.jit
 def _logits(q_base, sq_c, sq_n, k_base, sk_c, sk_m, offs_n, mask_n, offs_m, mask_m, CK,
@@ -154,8 +156,9 @@ def _lse_dtype(query):
     return torch.float64 if query.dtype == torch.float64 else torch.float32
 
 
-def forward(query, key, value, scale):
-    """Launch the forward; returns (output (B, Cv, H, W) in query's layout, lse (B, N))."""
+def forward_launches(query, key, value, scale):
+    """The forward's launches and its (allocated) outputs: output (B, Cv, H, W) in query's
+    layout, lse (B, N)."""
     B, CK, H, W = query.shape
     N, M, CV = H * W, key.shape[2], value.shape[1]
     layout = torch.channels_last if (not query.is_contiguous() and query.is_contiguous(
@@ -164,13 +167,19 @@ def forward(query, key, value, scale):
                       memory_format=layout)
     lse = torch.empty((B, N), dtype=_lse_dtype(query), device=query.device)
     if out.numel() == 0:
-        return out, lse
+        return [], out, lse
     q, o = _pixels(query), _pixels(out)
     cfg = _config(query, key, value)
     block_n = 64 if cfg["BLOCK_M"] <= 128 else 32
-    _forward_kernel[(triton.cdiv(N, block_n), B)](
-        q, *q.stride(), key, *key.stride(), value, *value.stride(), o, *o.stride(), lse,
-        N, M, CK, CV, float(scale), BLOCK_N=block_n, num_warps=4, **cfg)
+    return [Launch(_forward_kernel, (triton.cdiv(N, block_n), B),
+                   (q, *q.stride(), key, *key.stride(), value, *value.stride(), o, *o.stride(),
+                    lse, N, M, CK, CV, float(scale)), dict(BLOCK_N=block_n, **cfg))], out, lse
+
+
+def forward(query, key, value, scale):
+    """Launch the forward; returns (output (B, Cv, H, W) in query's layout, lse (B, N))."""
+    launches, out, lse = forward_launches(query, key, value, scale)
+    run(launches, query.device)
     return out, lse
 
 
@@ -183,8 +192,8 @@ def _programs_per_item(query, tiles):
     return max(1, min(tiles, triton.cdiv(target, max(1, query.shape[0]))))
 
 
-def backward(grad_output, query, key, value, lse, scale, programs_per_item=None):
-    """Launch the backward; returns (grad_query, grad_key, grad_value)."""
+def backward_launches(grad_output, query, key, value, lse, scale, programs_per_item=None):
+    """The backward's launches and (grad_query, dK partials, dV partials)."""
     B, CK, H, W = query.shape
     N, M, CV = H * W, key.shape[2], value.shape[1]
     layout = torch.channels_last if (not query.is_contiguous() and query.is_contiguous(
@@ -192,7 +201,8 @@ def backward(grad_output, query, key, value, lse, scale, programs_per_item=None)
     grad_query = torch.empty(query.shape, dtype=query.dtype, device=query.device,
                              memory_format=layout)
     if B == 0 or N == 0:
-        return grad_query.zero_(), torch.zeros_like(key), torch.zeros_like(value)
+        return [], grad_query.zero_(), torch.zeros_like(key)[:, None], \
+            torch.zeros_like(value)[:, None]
     cfg = _config(query, key, value)
     block_n = 64 if cfg["BLOCK_M"] <= 64 else 32
     tiles = triton.cdiv(N, block_n)
@@ -203,8 +213,15 @@ def backward(grad_output, query, key, value, lse, scale, programs_per_item=None)
     # Expanded (zero-stride) gradients are valid strides for the kernel; non-flattenable ones copy.
     go, q, dq = (_pixels(t) for t in (grad_output, query, grad_query))
     lse = lse.contiguous()
-    _backward_kernel[(split, B)](
-        go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
-        lse, dq, *dq.stride(), dk_part, dv_part,
-        N, M, CK, CV, float(scale), tiles, split, BLOCK_N=block_n, num_warps=4, **cfg)
-    return (grad_query, dk_part.sum(1).to(key.dtype), dv_part.sum(1).to(value.dtype))
+    return [Launch(_backward_kernel, (split, B),
+                   (go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
+                    lse, dq, *dq.stride(), dk_part, dv_part, N, M, CK, CV, float(scale), tiles,
+                    split), dict(BLOCK_N=block_n, **cfg))], grad_query, dk_part, dv_part
+
+
+def backward(grad_output, query, key, value, lse, scale, programs_per_item=None):
+    """Launch the backward; returns (grad_query, grad_key, grad_value)."""
+    launches, grad_query, dk_part, dv_part = backward_launches(
+        grad_output, query, key, value, lse, scale, programs_per_item)
+    run(launches, query.device)
+    return grad_query, dk_part.sum(1).to(key.dtype), dv_part.sum(1).to(value.dtype)

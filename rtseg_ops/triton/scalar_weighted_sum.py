@@ -16,14 +16,13 @@ Backward, deterministic (no atomics):
 
 Nearest indices use F.interpolate's float32 rule, ``min(floor(dst * float32(in / out)), in - 1)``.
 """
-import contextlib
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .._checks import output_memory_format
+from ._launch import Launch, run
 
 IDENTITY, NEAREST, POOL_NEAREST = 0, 1, 2  # csrc/common/resize.h: Resize
 BLOCK = 1024
@@ -355,36 +354,31 @@ def _plans(inputs):
     return plans, args, kinds
 
 
-def _on_device(t):
-    """Triton launches on the current CUDA device; make it t's (nothing to do on the CPU, where
-    tests run the kernels under TRITON_INTERPRET=1)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _checked(inputs, weights, normalize, eps, activation):
     from ..scalar_weighted_sum import _check_args  # imported here: that module imports this one
     _check_args(inputs, weights, normalize, eps, activation)
     return list(inputs), weights.contiguous()
 
 
-def scalar_weighted_sum_forward(inputs, weights, normalize, eps, activation):
+def forward_launches(inputs, weights, normalize, eps, activation):
+    """The launches of the forward and its output (allocated, not yet computed)."""
     inputs, weights = _checked(inputs, weights, normalize, eps, activation)
     first = inputs[0]
     out = torch.empty_like(first, memory_format=output_memory_format(first))
     if out.numel() == 0:
-        return out
+        return [], out
     _, C, H, W = first.shape
     _, args, kinds = _plans(inputs)
-    with _on_device(first):
-        _forward_kernel[(triton.cdiv(out.numel(), BLOCK),)](
-            out, weights, out.numel(), C, H, W, eps, *args, N=len(inputs), **kinds,
-            NORMALIZE=normalize, SWISH=activation == "swish",
-            CHANNELS_LAST=output_memory_format(first) == torch.channels_last,
-            ACC=_acc_dtype(first.dtype), INDEX_64=_index_64(inputs + [out]), BLOCK=BLOCK)
-    return out
+    return [Launch(_forward_kernel, (triton.cdiv(out.numel(), BLOCK),),
+                   (out, weights, out.numel(), C, H, W, eps, *args),
+                   dict(N=len(inputs), **kinds, NORMALIZE=normalize, SWISH=activation == "swish",
+                        CHANNELS_LAST=output_memory_format(first) == torch.channels_last,
+                        ACC=_acc_dtype(first.dtype), INDEX_64=_index_64(inputs + [out]),
+                        BLOCK=BLOCK))], out
 
 
-def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, activation):
+def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
+    """The launches of the backward and its outputs (input gradients, weight gradient)."""
     inputs, weights = _checked(inputs, weights, normalize, eps, activation)
     first = inputs[0]
     if grad_output.shape != first.shape:
@@ -397,7 +391,7 @@ def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, a
     _, C, H, W = first.shape
     total = first.numel()
     if total == 0:
-        return [g.zero_() for g in grads], grad_weights.zero_()
+        return [], [g.zero_() for g in grads], grad_weights.zero_()
     plans, args, kinds = _plans(inputs)
     out_format = output_memory_format(first)
     grad_sum = torch.empty(first.shape, dtype=acc_torch, device=first.device,
@@ -406,20 +400,36 @@ def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, a
     partials = torch.empty((programs, 4), dtype=acc_torch, device=first.device)
     common = dict(N=len(inputs), NORMALIZE=normalize, ACC=acc)
     index_64 = _index_64(inputs + grads + [grad_output, grad_sum])
-    with _on_device(first):
-        _backward_sum_kernel[(programs,)](
-            grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W, eps,
-            *args, **kinds, SWISH=activation == "swish",
-            CHANNELS_LAST=out_format == torch.channels_last, INDEX_64=index_64, BLOCK=BLOCK,
-            **common)
-        _weights_grad_kernel[(1,)](partials, programs, weights, grad_weights, eps,
-                                   BLOCK=PARTIAL_BLOCK, **common)
-        for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
-            _input_grad_kernel[(triton.cdiv(grad.numel(), BLOCK),)](
-                grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
-                *plan.args, INPUT=i, KIND=plan.kind, KY=plan.fan_in[0], KX=plan.fan_in[1],
-                CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
-                INDEX_64=index_64, BLOCK=BLOCK, **common)
+    launches = [
+        Launch(_backward_sum_kernel, (programs,),
+               (grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W,
+                eps, *args),
+               dict(**kinds, SWISH=activation == "swish",
+                    CHANNELS_LAST=out_format == torch.channels_last, INDEX_64=index_64,
+                    BLOCK=BLOCK, **common)),
+        Launch(_weights_grad_kernel, (1,), (partials, programs, weights, grad_weights, eps),
+               dict(BLOCK=PARTIAL_BLOCK, **common))]
+    for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
+        launches.append(Launch(
+            _input_grad_kernel, (triton.cdiv(grad.numel(), BLOCK),),
+            (grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
+             *plan.args),
+            dict(INPUT=i, KIND=plan.kind, KY=plan.fan_in[0], KX=plan.fan_in[1],
+                 CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
+                 INDEX_64=index_64, BLOCK=BLOCK, **common)))
+    return launches, grads, grad_weights
+
+
+def scalar_weighted_sum_forward(inputs, weights, normalize, eps, activation):
+    launches, out = forward_launches(inputs, weights, normalize, eps, activation)
+    run(launches, out.device)
+    return out
+
+
+def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, activation):
+    launches, grads, grad_weights = backward_launches(grad_output, inputs, weights, normalize,
+                                                      eps, activation)
+    run(launches, grad_weights.device)
     return grads, grad_weights
 
 

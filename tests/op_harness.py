@@ -16,6 +16,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Half-precision dtypes are GPU-only (ops.md, common rules).
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 
+# Where tests call Triton kernels directly: the GPU, else the CPU under TRITON_INTERPRET=1
+# (conftest.py sets it when there is no CUDA).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

@@ -12,7 +12,8 @@ block may have (227 KiB), or takes more than a minute to compile.
 Results are cached by compilation key and Triton version in build/triton-compile-check/, so a
 second run only compiles what changed.
 
-    python tools/triton_compile_check.py [--dtypes float32,float16,...] [--jobs N] [--no-cache]
+    python tools/triton_compile_check.py [--model-dtypes float32,...] [--table-dtypes ...]
+                                         [--one-per-group] [--jobs N] [--no-cache]
 """
 import argparse
 import contextlib
@@ -251,7 +252,8 @@ def _compile(job, queue):
         seconds = time.perf_counter() - start
         text = log.getvalue()
         result = {k: max((int(v) for v in p.findall(text)), default=0) for k, p in _PTXAS}
-        result.update(shared=int(compiled.metadata.shared), seconds=round(seconds, 2))
+        result.update(shared=int(compiled.metadata.shared), seconds=round(seconds, 2),
+                      mma=bool(re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"])))
         queue.put(result)
     except Exception as exc:  # reported as a failure of this configuration
         queue.put({"error": f"{type(exc).__name__}: {str(exc)[:500]}"})
@@ -267,7 +269,7 @@ def run_jobs(jobs, n_jobs=2, use_cache=True, progress=True):
     todo = [k for k in jobs if k not in results]
     ctx = multiprocessing.get_context("fork")
     running = {}
-    done = 0
+    done, total = 0, len(todo)
     while todo or running:
         while todo and len(running) < n_jobs:
             key = todo.pop(0)
@@ -296,8 +298,9 @@ def run_jobs(jobs, n_jobs=2, use_cache=True, progress=True):
                 cache[key] = result
                 cache_file.write_text(json.dumps(cache, indent=0, sort_keys=True))
             if progress:
-                print(f"[triton-compile-check] compiled {done}/{len(jobs) - len(cache) + done}"
-                      f" {jobs[key]['name']} {jobs[key]['dtype']}", file=sys.stderr, flush=True)
+                print(f"[triton-compile-check] compiled {done}/{total} {jobs[key]['name']} "
+                      f"{jobs[key]['dtype']} ({result.get('seconds', '?')} s)", file=sys.stderr,
+                      flush=True)
     return results
 
 
@@ -331,10 +334,27 @@ def table(jobs, results):
     return "\n".join(rows)
 
 
-def check(dtypes=DTYPES, n_jobs=2, use_cache=True, models=True, progress=True):
-    """Build, compile and judge every configuration; returns (markdown table, failures)."""
-    cases = table_cases() + (model_cases() if models else [])
-    jobs = compile_jobs(cases, dtypes)
+def check(model_dtypes=DTYPES, table_dtypes=DTYPES, n_jobs=2, use_cache=True,
+          one_per_group=False, progress=True, ops=None):
+    """Build, compile and judge the configurations of the models (in `model_dtypes`) and of the
+    test tables (in `table_dtypes`; either may be empty). `one_per_group` compiles one integer
+    specialisation per (kernel, constexprs, warps, stages, dtype): Triton's specialisations of
+    integer arguments (== 1, multiple of 16) change alignment facts, not the kernel's shape.
+    `ops` keeps only the kernels of those op modules (e.g. ["pixel_context_attention"]).
+    Returns (markdown table, failures)."""
+    jobs = {}
+    if model_dtypes:
+        jobs.update(compile_jobs(model_cases(), model_dtypes))
+    if table_dtypes:
+        jobs.update({k: v for k, v in compile_jobs(table_cases(), table_dtypes).items()
+                     if k not in jobs})
+    if ops:
+        jobs = {k: j for k, j in jobs.items() if j["module"].rsplit(".", 1)[-1] in ops}
+    if one_per_group:
+        first = {}
+        for key, job in jobs.items():
+            first.setdefault((job["name"], job["config"], job["dtype"]), key)
+        jobs = {key: jobs[key] for key in first.values()}
     results = run_jobs(jobs, n_jobs=n_jobs, use_cache=use_cache, progress=progress)
     failures = [f"{jobs[k]['name']} [{jobs[k]['config']}] {jobs[k]['dtype']} "
                 f"(e.g. {jobs[k]['example']}): {'; '.join(p)}"
@@ -344,13 +364,19 @@ def check(dtypes=DTYPES, n_jobs=2, use_cache=True, models=True, progress=True):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--model-dtypes", default=",".join(DTYPES),
+                        help="dtypes of the models' configurations ('' for none)")
+    parser.add_argument("--table-dtypes", default=",".join(DTYPES),
+                        help="dtypes of the test tables' configurations ('' for none)")
+    parser.add_argument("--one-per-group", action="store_true",
+                        help="one integer specialisation per kernel configuration and dtype")
     parser.add_argument("--jobs", type=int, default=2, help="compilations at a time")
     parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--no-models", action="store_true", help="test tables only")
+    parser.add_argument("--ops", default="", help="only these ops' kernels (comma-separated)")
     args = parser.parse_args()
-    text, failures = check(args.dtypes.split(","), args.jobs, not args.no_cache,
-                           not args.no_models)
+    split = lambda text: [d for d in text.split(",") if d]  # noqa: E731
+    text, failures = check(split(args.model_dtypes), split(args.table_dtypes), args.jobs,
+                           not args.no_cache, args.one_per_group, ops=split(args.ops))
     print(f"Triton {triton.__version__}, sm_{TARGET_ARCH}\n\n{text}\n")
     for f in failures:
         print("FAIL", f)

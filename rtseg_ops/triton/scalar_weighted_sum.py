@@ -26,6 +26,9 @@ from ._launch import Launch, run
 
 IDENTITY, NEAREST, POOL_NEAREST = 0, 1, 2  # csrc/common/resize.h: Resize
 BLOCK = 1024
+# 4 elements per thread: with 4 warps (8 per thread) the pooled gathers took 206 to 255
+# registers for sm_90 and spilled in float16/bfloat16
+NUM_WARPS = 8
 PARTIAL_BLOCK = 1024
 
 
@@ -221,24 +224,26 @@ def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.const
 
 
 @triton.jit
-def _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw,
-                  KY: tl.constexpr, KX: tl.constexpr, ACC: tl.constexpr):
-    """Sum of grad_sum over output rows [y_lo, y_hi) x columns [x_lo, x_hi) (at most KY x KX)."""
+def _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, fan_y, fan_x,
+                  ACC: tl.constexpr):
+    """Sum of grad_sum over output rows [y_lo, y_hi) x columns [x_lo, x_hi) (at most
+    fan_y x fan_x). Run-time loops: unrolling over the fan-in made large upsampling ratios
+    compile for minutes and spill, and each new ratio compile again."""
     base = gsum_ptr + b * gn + c * gc
     total = tl.zeros(y_lo.shape, ACC)
-    for ky in tl.static_range(KY):
+    for ky in range(fan_y):
         oy = y_lo + ky
-        for kx in tl.static_range(KX):
+        row = base + oy.to(tl.int64) * gh
+        ok_y = mask & (oy < y_hi)
+        for kx in range(fan_x):
             ox = x_lo + kx
-            ok = mask & (oy < y_hi) & (ox < x_hi)
-            total += tl.load(base + oy.to(tl.int64) * gh + ox.to(tl.int64) * gw, mask=ok,
-                             other=0)
+            total += tl.load(row + ox.to(tl.int64) * gw, mask=ok_y & (ox < x_hi), other=0)
     return total
 
 
 @triton.jit
 def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, mid_w, fy, fx,
-                 H, W, gn, gc, gh, gw, KY: tl.constexpr, KX: tl.constexpr, ACC: tl.constexpr):
+                 H, W, gn, gc, gh, gw, fan_y, fan_x, ACC: tl.constexpr):
     """Gradient reaching input element (u, v) through pooled element (py, px): its output
     range's grad_sum when (u, v) is the window's arg-max, else 0."""
     ok = ok & (py < mid_h) & (px < mid_w)
@@ -261,13 +266,14 @@ def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, 
     y_hi = _first_output(py + 1, fy, mid_h, H)
     x_lo = _first_output(px, fx, mid_w, W)
     x_hi = _first_output(px + 1, fx, mid_w, W)
-    return _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, ok, gn, gc, gh, gw, KY, KX, ACC)
+    return _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, ok, gn, gc, gh, gw, fan_y, fan_x,
+                         ACC)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["fan_y", "fan_x"])  # one compilation for every size ratio
 def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, total, C,
-                       x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, INPUT: tl.constexpr,
-                       N: tl.constexpr, KIND: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
+                       x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, fan_y, fan_x,
+                       INPUT: tl.constexpr, N: tl.constexpr, KIND: tl.constexpr,
                        NORMALIZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                        ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """Gradient of input INPUT, gathered per input element, stored in its buffer's memory
@@ -285,8 +291,8 @@ def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, tot
         y_hi = _first_output(u + 1, fy, mid_h, H)
         x_lo = _first_output(v, fx, mid_w, W)
         x_hi = _first_output(v + 1, fx, mid_w, W)
-        g = _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, KY, KX,
-                          ACC)
+        g = _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, fan_y,
+                          fan_x, ACC)
     else:
         # (u, v) lies in the windows of pooled rows u // 2 and (u + 1) // 2 (one when u is even)
         x_base = x_ptr + b * sn + c * sc
@@ -294,13 +300,13 @@ def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, tot
         py1, px1 = (u + 1) // 2, (v + 1) // 2
         two_y, two_x = (u % 2) == 1, (v % 2) == 1
         g = _pooled_grad(gsum_ptr, x_base, b, c, u, v, py0, px0, mask, h, w, sh, sw, mid_h,
-                         mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                         mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py0, px1, mask & two_x, h, w, sh, sw,
-                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py1, px0, mask & two_y, h, w, sh, sw,
-                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py1, px1, mask & two_y & two_x, h, w,
-                          sh, sw, mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          sh, sw, mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
     tl.store(grad_ptr + idx, (a * g).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -334,9 +340,11 @@ class _Plan:
 
 
 def _index_64(tensors):
-    """Whether an element offset of one of the tensors may not fit in int32."""
-    return any(t.numel() >= 2**31 or
-               sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) >= 2**31
+    """Whether int32 positions may wrap: a program's positions run up to BLOCK - 1 past a
+    tensor's last element, and element offsets must fit too."""
+    limit = 2**31 - BLOCK
+    return any(t.numel() > limit or
+               sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) > limit
                for t in tensors if t.numel())
 
 
@@ -374,7 +382,7 @@ def forward_launches(inputs, weights, normalize, eps, activation):
                    dict(N=len(inputs), **kinds, NORMALIZE=normalize, SWISH=activation == "swish",
                         CHANNELS_LAST=output_memory_format(first) == torch.channels_last,
                         ACC=_acc_dtype(first.dtype), INDEX_64=_index_64(inputs + [out]),
-                        BLOCK=BLOCK))], out
+                        BLOCK=BLOCK), num_warps=NUM_WARPS)], out
 
 
 def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
@@ -406,17 +414,17 @@ def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
                 eps, *args),
                dict(**kinds, SWISH=activation == "swish",
                     CHANNELS_LAST=out_format == torch.channels_last, INDEX_64=index_64,
-                    BLOCK=BLOCK, **common)),
+                    BLOCK=BLOCK, **common), num_warps=NUM_WARPS),
         Launch(_weights_grad_kernel, (1,), (partials, programs, weights, grad_weights, eps),
                dict(BLOCK=PARTIAL_BLOCK, **common))]
     for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
         launches.append(Launch(
             _input_grad_kernel, (triton.cdiv(grad.numel(), BLOCK),),
             (grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
-             *plan.args),
-            dict(INPUT=i, KIND=plan.kind, KY=plan.fan_in[0], KX=plan.fan_in[1],
+             *plan.args, *plan.fan_in),
+            dict(INPUT=i, KIND=plan.kind,
                  CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
-                 INDEX_64=index_64, BLOCK=BLOCK, **common)))
+                 INDEX_64=index_64, BLOCK=BLOCK, **common), num_warps=NUM_WARPS))
     return launches, grads, grad_weights
 
 

@@ -334,14 +334,12 @@ def table(jobs, results):
     return "\n".join(rows)
 
 
-def check(model_dtypes=DTYPES, table_dtypes=DTYPES, n_jobs=2, use_cache=True,
-          one_per_group=False, progress=True, ops=None):
-    """Build, compile and judge the configurations of the models (in `model_dtypes`) and of the
-    test tables (in `table_dtypes`; either may be empty). `one_per_group` compiles one integer
-    specialisation per (kernel, constexprs, warps, stages, dtype): Triton's specialisations of
-    integer arguments (== 1, multiple of 16) change alignment facts, not the kernel's shape.
-    `ops` keeps only the kernels of those op modules (e.g. ["pixel_context_attention"]).
-    Returns (markdown table, failures)."""
+def collect(model_dtypes=DTYPES, table_dtypes=DTYPES, one_per_group=False, ops=None):
+    """The compile jobs of the models (in `model_dtypes`) and of the test tables (in
+    `table_dtypes`; either may be empty). `one_per_group` keeps one integer specialisation per
+    (kernel, constexprs, warps, stages, dtype): Triton's specialisations of integer arguments
+    (== 1, multiple of 16) change alignment facts, not the kernel's tiles. `ops` keeps only the
+    kernels of those op modules (e.g. ["pixel_context_attention"])."""
     jobs = {}
     if model_dtypes:
         jobs.update(compile_jobs(model_cases(), model_dtypes))
@@ -355,11 +353,13 @@ def check(model_dtypes=DTYPES, table_dtypes=DTYPES, n_jobs=2, use_cache=True,
         for key, job in jobs.items():
             first.setdefault((job["name"], job["config"], job["dtype"]), key)
         jobs = {key: jobs[key] for key in first.values()}
-    results = run_jobs(jobs, n_jobs=n_jobs, use_cache=use_cache, progress=progress)
-    failures = [f"{jobs[k]['name']} [{jobs[k]['config']}] {jobs[k]['dtype']} "
-                f"(e.g. {jobs[k]['example']}): {'; '.join(p)}"
-                for k in jobs if (p := problems(jobs[k], results[k]))]
-    return table(jobs, results), failures
+    return jobs
+
+
+def failures(jobs, results):
+    return [f"{jobs[k]['name']} [{jobs[k]['config']}] {jobs[k]['dtype']} "
+            f"(e.g. {jobs[k]['example']}): {'; '.join(p)}"
+            for k in jobs if (p := problems(jobs[k], results[k]))]
 
 
 def main():
@@ -375,13 +375,15 @@ def main():
     parser.add_argument("--ops", default="", help="only these ops' kernels (comma-separated)")
     args = parser.parse_args()
     split = lambda text: [d for d in text.split(",") if d]  # noqa: E731
-    text, failures = check(split(args.model_dtypes), split(args.table_dtypes), args.jobs,
-                           not args.no_cache, args.one_per_group, ops=split(args.ops))
-    print(f"Triton {triton.__version__}, sm_{TARGET_ARCH}\n\n{text}\n")
-    for f in failures:
+    jobs = collect(split(args.model_dtypes), split(args.table_dtypes), args.one_per_group,
+                   split(args.ops))
+    results = run_jobs(jobs, n_jobs=args.jobs, use_cache=not args.no_cache)
+    failed = failures(jobs, results)
+    print(f"Triton {triton.__version__}, sm_{TARGET_ARCH}\n\n{table(jobs, results)}\n")
+    for f in failed:
         print("FAIL", f)
-    print(f"{len(failures)} failing configuration(s)")
-    return 1 if failures else 0
+    print(f"{len(failed)} failing configuration(s) of {len(jobs)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

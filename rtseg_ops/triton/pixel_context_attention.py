@@ -222,13 +222,25 @@ def _precision(dtype):
     return "tf32"  # float32 at "high"/"medium"; ignored for float16 and bfloat16
 
 
-def _blocks(dtype, M):
-    """Tile sizes: BLOCK_M context vectors at most, so that the on-chip tiles (and the dot
-    operands Triton stages in shared memory) stay within an sm_90 block's limits."""
+def _blocks(dtype, CK, CV, M):
+    """Tiles and warps per kernel (found with tools/triton_compile_check.py: no spills, shared
+    memory within an sm_90 block's). The context is cut into tiles of at most 128 vectors
+    (64 in float64) in the forward and in step 2, 32 in steps 1 and 3, whose live (pixels x M)
+    tiles otherwise spilled; the scratch they share is (B, N, M), so each step tiles it its own
+    way."""
     wide = dtype == torch.float64
+    block_c = 32 if wide else 64
     block_m = _pow2(M, 16, 64 if wide else 128)
-    return dict(BLOCK_N=32 if wide or block_m > 64 else 64, BLOCK_M=block_m,
-                BLOCK_C=32 if wide else 64)
+    forward = dict(BLOCK_N=32 if wide or block_m > 64 else 64, BLOCK_M=block_m,
+                   BLOCK_CK=_pow2(CK, 16, block_c), BLOCK_CV=_pow2(CV, 16, block_c))
+    forward["num_warps"] = 8 if forward["BLOCK_N"] * block_m >= 2048 else 4
+    row_m = _pow2(M, 16, 32)
+    rows = dict(BLOCK_N=64, BLOCK_M=row_m, BLOCK_CK=_pow2(CK, 16, 32),
+                BLOCK_CV=_pow2(CV, 16, 32), num_warps=8)
+    columns = dict(BLOCK_N=32, BLOCK_M=block_m, num_warps=8 if block_m >= 64 else 4)
+    dq = dict(BLOCK_N=64, BLOCK_M=row_m, BLOCK_CK=_pow2(CK, 16, 32), num_warps=4)
+    return dict(forward=forward, rows=rows, columns=columns, dq=dq,
+                BLOCK_CK=_pow2(CK, 16, block_c), BLOCK_CV=_pow2(CV, 16, block_c))
 
 
 def _acc(dtype):
@@ -242,6 +254,13 @@ def _pixels(t):
 
 def _lse_dtype(query):
     return torch.float64 if query.dtype == torch.float64 else torch.float32
+
+
+def _launch(kernel, grid, args, config, **constexprs):
+    """A Launch with a _blocks() entry's tiles, warps and stages."""
+    config = dict(config)
+    options = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
+    return Launch(kernel, grid, args, dict(config, **constexprs), **options)
 
 
 def _layout(query):
@@ -267,14 +286,11 @@ def forward_launches(query, key, value, scale):
     if out.numel() == 0:
         return [], out, lse
     q, o = _pixels(query), _pixels(out)
-    blk = _blocks(query.dtype, M)
-    return [Launch(_forward_kernel, (triton.cdiv(N, blk["BLOCK_N"]), B),
-                   (q, *q.stride(), key, *key.stride(), value, *value.stride(), o, *o.stride(),
-                    lse, N, M, CK, CV, float(scale)),
-                   dict(ACC=_acc(query.dtype), BLOCK_N=blk["BLOCK_N"], BLOCK_M=blk["BLOCK_M"],
-                        BLOCK_CK=_pow2(CK, 16, blk["BLOCK_C"]),
-                        BLOCK_CV=_pow2(CV, 16, blk["BLOCK_C"]), ONE_TILE=M <= blk["BLOCK_M"],
-                        PREC=_precision(query.dtype)))], out, lse
+    blk = _blocks(query.dtype, CK, CV, M)["forward"]
+    return [_launch(_forward_kernel, (triton.cdiv(N, blk["BLOCK_N"]), B),
+                    (q, *q.stride(), key, *key.stride(), value, *value.stride(), o, *o.stride(),
+                     lse, N, M, CK, CV, float(scale)), blk, ACC=_acc(query.dtype),
+                    ONE_TILE=M <= blk["BLOCK_M"], PREC=_precision(query.dtype))], out, lse
 
 
 def forward(query, key, value, scale):
@@ -328,17 +344,17 @@ def backward_launches(grad_output, query, key, value, lse, scale, splits=None):
     if B == 0 or N == 0:
         return [], grad_query.zero_(), torch.zeros_like(key)[:, None], \
             torch.zeros_like(value)[:, None]
-    blk = _blocks(query.dtype, M)
-    block_n, block_m, block_c = blk["BLOCK_N"], blk["BLOCK_M"], blk["BLOCK_C"]
+    blk = _blocks(query.dtype, CK, CV, M)
+    rows, columns, dq_blk = (blk[k] for k in ("rows", "columns", "dq"))
     acc, prec = _acc(query.dtype), _precision(query.dtype)
-    tiles, m_tiles = triton.cdiv(N, block_n), triton.cdiv(M, block_m)
-    block_ck, block_cv = _pow2(CK, 16, block_c), _pow2(CV, 16, block_c)
-    ck_tiles, cv_tiles = triton.cdiv(CK, block_ck), triton.cdiv(CV, block_cv)
+    col_tiles = triton.cdiv(N, columns["BLOCK_N"])
+    m_tiles = triton.cdiv(M, columns["BLOCK_M"])
+    ck_tiles, cv_tiles = triton.cdiv(CK, blk["BLOCK_CK"]), triton.cdiv(CV, blk["BLOCK_CV"])
     if splits is None:
-        splits, per_split = _splits(dev, tiles, B * m_tiles * (ck_tiles + cv_tiles))
+        splits, per_split = _splits(dev, col_tiles, B * m_tiles * (ck_tiles + cv_tiles))
     else:
-        per_split = triton.cdiv(tiles, splits)
-        splits = triton.cdiv(tiles, per_split)
+        per_split = triton.cdiv(col_tiles, splits)
+        splits = triton.cdiv(col_tiles, per_split)
     part_dtype = _lse_dtype(query)
     p = torch.empty((B, N, M), dtype=part_dtype, device=dev)
     dp = torch.empty_like(p)
@@ -348,21 +364,21 @@ def backward_launches(grad_output, query, key, value, lse, scale, splits=None):
     # Expanded (zero-stride) gradients are valid strides for the kernels.
     go, q, dq = (_pixels(t) for t in (grad_output, query, grad_query))
     lse = lse.contiguous()
-    common = dict(ACC=acc, BLOCK_N=block_n, BLOCK_M=block_m, PREC=prec)
+    common = dict(ACC=acc, PREC=prec)
     launches = [
-        Launch(_backward_rows_kernel, (tiles, B),
-               (go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
-                lse, p, dp, d, N, M, CK, CV, float(scale)),
-               dict(BLOCK_CK=block_ck, BLOCK_CV=block_cv, **common)),
-        Launch(_backward_columns_kernel, (splits, cv_tiles * m_tiles, B),
-               (go, *go.stride(), p, dp, d, dv_part, N, M, CV, float(scale), tiles, per_split,
-                m_tiles), dict(GRAD_K=False, BLOCK_C=block_cv, **common)),
-        Launch(_backward_columns_kernel, (splits, ck_tiles * m_tiles, B),
-               (q, *q.stride(), p, dp, d, dk_part, N, M, CK, float(scale), tiles, per_split,
-                m_tiles), dict(GRAD_K=True, BLOCK_C=block_ck, **common)),
-        Launch(_backward_dq_kernel, (tiles, ck_tiles, B),
-               (p, dp, d, key, *key.stride(), dq, *dq.stride(), N, M, CK, float(scale)),
-               dict(BLOCK_CK=block_ck, **common)),
+        _launch(_backward_rows_kernel, (triton.cdiv(N, rows["BLOCK_N"]), B),
+                (go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
+                 lse, p, dp, d, N, M, CK, CV, float(scale)), rows, **common),
+        _launch(_backward_columns_kernel, (splits, cv_tiles * m_tiles, B),
+                (go, *go.stride(), p, dp, d, dv_part, N, M, CV, float(scale), col_tiles,
+                 per_split, m_tiles), columns, GRAD_K=False, BLOCK_C=blk["BLOCK_CV"], **common),
+        _launch(_backward_columns_kernel, (splits, ck_tiles * m_tiles, B),
+                (q, *q.stride(), p, dp, d, dk_part, N, M, CK, float(scale), col_tiles,
+                 per_split, m_tiles), columns, GRAD_K=True, BLOCK_C=blk["BLOCK_CK"], **common),
+        _launch(_backward_dq_kernel,
+                (triton.cdiv(N, dq_blk["BLOCK_N"]), triton.cdiv(CK, dq_blk["BLOCK_CK"]), B),
+                (p, dp, d, key, *key.stride(), dq, *dq.stride(), N, M, CK, float(scale)),
+                dq_blk, **common),
     ]
     return launches, grad_query, dk_part, dv_part
 

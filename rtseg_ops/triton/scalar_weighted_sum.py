@@ -14,6 +14,8 @@ Backward, deterministic (no atomics):
    a nearest range, or, for pooled inputs, the ranges of the (at most 2x2) windows whose arg-max,
    recomputed with F.max_pool2d's rule (first maximum in row-major order, NaN wins), it is.
 
+Normalisation, swish and the memory layout are run-time flags (uniform branches) and so are the
+upsampling fan-ins (run-time loops): one compilation per dtype and resize kinds serves them all.
 Nearest indices use F.interpolate's float32 rule, ``min(floor(dst * float32(in / out)), in - 1)``.
 """
 import numpy as np
@@ -59,9 +61,9 @@ def _block_index(BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def _split(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
+def _split(idx, C, H, W, channels_last):
     """(b, c, y, x) of the element at memory position idx of a dense (B, C, H, W) tensor."""
-    if CHANNELS_LAST:
+    if channels_last:
         c = idx % C
         x = (idx // C) % W
         y = (idx // (C * W)) % H
@@ -103,13 +105,13 @@ def _read(ptr, b, c, y, x, mask, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx,
 
 
 @triton.jit
-def _weights(w_ptr, eps, N: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr):
+def _weights(w_ptr, eps, normalize, N: tl.constexpr, ACC: tl.constexpr):
     """The four fused weights (zero beyond N)."""
     v0 = tl.load(w_ptr).to(ACC)
     v1 = tl.load(w_ptr + 1).to(ACC) if N > 1 else v0 * 0
     v2 = tl.load(w_ptr + 2).to(ACC) if N > 2 else v0 * 0
     v3 = tl.load(w_ptr + 3).to(ACC) if N > 3 else v0 * 0
-    if NORMALIZE:
+    if normalize:
         v0 = tl.maximum(v0, 0)
         v1 = tl.maximum(v1, 0)
         v2 = tl.maximum(v2, 0)
@@ -125,14 +127,14 @@ def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
                     x1, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1,
                     x2, h2, w2, sn2, sc2, sh2, sw2, mh2, mw2, fy2, fx2,
                     x3, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3,
+                    normalize, swish, channels_last,
                     N: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
-                    K3: tl.constexpr, NORMALIZE: tl.constexpr, SWISH: tl.constexpr,
-                    CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
+                    K3: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
                     BLOCK: tl.constexpr):
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, y, x = _split(idx, C, H, W, CHANNELS_LAST)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    b, c, y, x = _split(idx, C, H, W, channels_last)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     s = a0 * _read(x0, b, c, y, x, mask, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0, K0, ACC)
     if N > 1:
         s += a1 * _read(x1, b, c, y, x, mask, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1, K1,
@@ -143,7 +145,7 @@ def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
     if N > 3:
         s += a3 * _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3,
                         ACC)
-    if SWISH:
+    if swish:
         s = s / (1 + tl.exp(-s))
     tl.store(out_ptr + idx, s.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -160,19 +162,19 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
                          x1, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1,
                          x2, h2, w2, sn2, sc2, sh2, sw2, mh2, mw2, fy2, fx2,
                          x3, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3,
+                         normalize, swish, channels_last,
                          N: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr,
-                         K2: tl.constexpr, K3: tl.constexpr, NORMALIZE: tl.constexpr,
-                         SWISH: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
+                         K2: tl.constexpr, K3: tl.constexpr, ACC: tl.constexpr,
                          INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """grad_sum (the gradient before the activation, in the output's memory order) and this
     program's partial sums of grad_sum * resized_i, at partial_ptr[program, i]."""
     pid = tl.program_id(0)
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, y, x = _split(idx, C, H, W, CHANNELS_LAST)
+    b, c, y, x = _split(idx, C, H, W, channels_last)
     g = tl.load(grad_ptr + b * gsn + c * gsc + y.to(tl.int64) * gsh + x.to(tl.int64) * gsw,
                 mask=mask, other=0).to(ACC)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     r0 = _read(x0, b, c, y, x, mask, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0, K0, ACC)
     r1 = _read(x1, b, c, y, x, mask, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1, K1, ACC) \
         if N > 1 else r0
@@ -180,7 +182,7 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
         if N > 2 else r0
     r3 = _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3, ACC) \
         if N > 3 else r0
-    if SWISH:
+    if swish:
         s = a0 * r0
         if N > 1:
             s += a1 * r1
@@ -203,10 +205,10 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
 
 
 @triton.jit
-def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.constexpr,
-                         NORMALIZE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, normalize,
+                         N: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """One program: dL/dw_i summed over the partials in a fixed order, then through
-    w = relu(v) / (sum relu(v) + eps) when NORMALIZE."""
+    w = relu(v) / (sum relu(v) + eps) when normalizing."""
     lane = tl.arange(0, 4)
     acc = tl.zeros((BLOCK, 4), ACC)
     for start in range(0, programs, BLOCK):
@@ -214,7 +216,7 @@ def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.const
         acc += tl.load(partial_ptr + p[:, None].to(tl.int64) * 4 + lane[None, :],
                        mask=(p[:, None] < programs) & (lane[None, :] < N), other=0)
     gw = tl.sum(acc, axis=0)
-    if NORMALIZE:
+    if normalize:
         v = tl.load(w_ptr + lane, mask=lane < N, other=0).to(ACC)
         r = tl.maximum(v, 0)
         total = tl.sum(r, axis=0) + eps
@@ -273,15 +275,15 @@ def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, 
 @triton.jit(do_not_specialize=["fan_y", "fan_x"])  # one compilation for every size ratio
 def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, total, C,
                        x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, fan_y, fan_x,
-                       INPUT: tl.constexpr, N: tl.constexpr, KIND: tl.constexpr,
-                       NORMALIZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                       ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+                       normalize, channels_last, INPUT: tl.constexpr, N: tl.constexpr,
+                       KIND: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
+                       BLOCK: tl.constexpr):
     """Gradient of input INPUT, gathered per input element, stored in its buffer's memory
     order."""
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, u, v = _split(idx, C, h, w, CHANNELS_LAST)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    b, c, u, v = _split(idx, C, h, w, channels_last)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     a = a0 if INPUT == 0 else (a1 if INPUT == 1 else (a2 if INPUT == 2 else a3))
     if KIND == 0:
         g = tl.load(gsum_ptr + b * gn + c * gc + u.to(tl.int64) * gh + v.to(tl.int64) * gw,
@@ -378,11 +380,12 @@ def forward_launches(inputs, weights, normalize, eps, activation):
     _, C, H, W = first.shape
     _, args, kinds = _plans(inputs)
     return [Launch(_forward_kernel, (triton.cdiv(out.numel(), BLOCK),),
-                   (out, weights, out.numel(), C, H, W, eps, *args),
-                   dict(N=len(inputs), **kinds, NORMALIZE=normalize, SWISH=activation == "swish",
-                        CHANNELS_LAST=output_memory_format(first) == torch.channels_last,
-                        ACC=_acc_dtype(first.dtype), INDEX_64=_index_64(inputs + [out]),
-                        BLOCK=BLOCK), num_warps=NUM_WARPS)], out
+                   (out, weights, out.numel(), C, H, W, eps, *args, normalize,
+                    activation == "swish",
+                    output_memory_format(first) == torch.channels_last),
+                   dict(N=len(inputs), **kinds, ACC=_acc_dtype(first.dtype),
+                        INDEX_64=_index_64(inputs + [out]), BLOCK=BLOCK),
+                   num_warps=NUM_WARPS)], out
 
 
 def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
@@ -406,25 +409,25 @@ def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
                            memory_format=out_format)
     programs = triton.cdiv(total, BLOCK)
     partials = torch.empty((programs, 4), dtype=acc_torch, device=first.device)
-    common = dict(N=len(inputs), NORMALIZE=normalize, ACC=acc)
+    common = dict(N=len(inputs), ACC=acc)
     index_64 = _index_64(inputs + grads + [grad_output, grad_sum])
     launches = [
         Launch(_backward_sum_kernel, (programs,),
                (grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W,
-                eps, *args),
-               dict(**kinds, SWISH=activation == "swish",
-                    CHANNELS_LAST=out_format == torch.channels_last, INDEX_64=index_64,
-                    BLOCK=BLOCK, **common), num_warps=NUM_WARPS),
-        Launch(_weights_grad_kernel, (1,), (partials, programs, weights, grad_weights, eps),
+                eps, *args, normalize, activation == "swish",
+                out_format == torch.channels_last),
+               dict(**kinds, INDEX_64=index_64, BLOCK=BLOCK, **common), num_warps=NUM_WARPS),
+        Launch(_weights_grad_kernel, (1,),
+               (partials, programs, weights, grad_weights, eps, normalize),
                dict(BLOCK=PARTIAL_BLOCK, **common))]
     for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
         launches.append(Launch(
             _input_grad_kernel, (triton.cdiv(grad.numel(), BLOCK),),
             (grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
-             *plan.args, *plan.fan_in),
-            dict(INPUT=i, KIND=plan.kind,
-                 CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
-                 INDEX_64=index_64, BLOCK=BLOCK, **common), num_warps=NUM_WARPS))
+             *plan.args, *plan.fan_in, normalize,
+             output_memory_format(x) == torch.channels_last),
+            dict(INPUT=i, KIND=plan.kind, INDEX_64=index_64, BLOCK=BLOCK, **common),
+            num_warps=NUM_WARPS))
     return launches, grads, grad_weights
 
 

@@ -63,7 +63,7 @@ def _block_index(BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
 @triton.jit
 def _split(idx, C, H, W, channels_last):
     """(b, c, y, x) of the element at memory position idx of a dense (B, C, H, W) tensor."""
-    if channels_last:
+    if channels_last != 0:
         c = idx % C
         x = (idx // C) % W
         y = (idx // (C * W)) % H
@@ -111,7 +111,7 @@ def _weights(w_ptr, eps, normalize, N: tl.constexpr, ACC: tl.constexpr):
     v1 = tl.load(w_ptr + 1).to(ACC) if N > 1 else v0 * 0
     v2 = tl.load(w_ptr + 2).to(ACC) if N > 2 else v0 * 0
     v3 = tl.load(w_ptr + 3).to(ACC) if N > 3 else v0 * 0
-    if normalize:
+    if normalize != 0:
         v0 = tl.maximum(v0, 0)
         v1 = tl.maximum(v1, 0)
         v2 = tl.maximum(v2, 0)
@@ -121,7 +121,8 @@ def _weights(w_ptr, eps, normalize, N: tl.constexpr, ACC: tl.constexpr):
     return v0, v1, v2, v3
 
 
-@triton.jit
+# the flags are 0/1 integers, not specialised: one compilation serves both values
+@triton.jit(do_not_specialize=["normalize", "swish", "channels_last"])
 def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
                     x0, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0,
                     x1, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1,
@@ -145,7 +146,7 @@ def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
     if N > 3:
         s += a3 * _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3,
                         ACC)
-    if swish:
+    if swish != 0:
         s = s / (1 + tl.exp(-s))
     tl.store(out_ptr + idx, s.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -155,7 +156,7 @@ def _partial_dot(g, r, mask):
     return tl.sum(tl.where(mask, g * r, 0), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["normalize", "swish", "channels_last"])
 def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_ptr, total,
                          C, H, W, eps,
                          x0, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0,
@@ -182,7 +183,7 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
         if N > 2 else r0
     r3 = _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3, ACC) \
         if N > 3 else r0
-    if swish:
+    if swish != 0:
         s = a0 * r0
         if N > 1:
             s += a1 * r1
@@ -204,7 +205,7 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
         tl.store(row + 3, _partial_dot(g, r3, mask))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["normalize"])
 def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, normalize,
                          N: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """One program: dL/dw_i summed over the partials in a fixed order, then through
@@ -216,7 +217,7 @@ def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, normalize,
         acc += tl.load(partial_ptr + p[:, None].to(tl.int64) * 4 + lane[None, :],
                        mask=(p[:, None] < programs) & (lane[None, :] < N), other=0)
     gw = tl.sum(acc, axis=0)
-    if normalize:
+    if normalize != 0:
         v = tl.load(w_ptr + lane, mask=lane < N, other=0).to(ACC)
         r = tl.maximum(v, 0)
         total = tl.sum(r, axis=0) + eps
@@ -272,7 +273,8 @@ def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, 
                          ACC)
 
 
-@triton.jit(do_not_specialize=["fan_y", "fan_x"])  # one compilation for every size ratio
+# fan-ins and flags not specialised: one compilation for every size ratio and option
+@triton.jit(do_not_specialize=["fan_y", "fan_x", "normalize", "channels_last"])
 def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, total, C,
                        x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, fan_y, fan_x,
                        normalize, channels_last, INPUT: tl.constexpr, N: tl.constexpr,
@@ -380,9 +382,9 @@ def forward_launches(inputs, weights, normalize, eps, activation):
     _, C, H, W = first.shape
     _, args, kinds = _plans(inputs)
     return [Launch(_forward_kernel, (triton.cdiv(out.numel(), BLOCK),),
-                   (out, weights, out.numel(), C, H, W, eps, *args, normalize,
-                    activation == "swish",
-                    output_memory_format(first) == torch.channels_last),
+                   (out, weights, out.numel(), C, H, W, eps, *args, int(normalize),
+                    int(activation == "swish"),
+                    int(output_memory_format(first) == torch.channels_last)),
                    dict(N=len(inputs), **kinds, ACC=_acc_dtype(first.dtype),
                         INDEX_64=_index_64(inputs + [out]), BLOCK=BLOCK),
                    num_warps=NUM_WARPS)], out
@@ -414,18 +416,18 @@ def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
     launches = [
         Launch(_backward_sum_kernel, (programs,),
                (grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W,
-                eps, *args, normalize, activation == "swish",
-                out_format == torch.channels_last),
+                eps, *args, int(normalize), int(activation == "swish"),
+                int(out_format == torch.channels_last)),
                dict(**kinds, INDEX_64=index_64, BLOCK=BLOCK, **common), num_warps=NUM_WARPS),
         Launch(_weights_grad_kernel, (1,),
-               (partials, programs, weights, grad_weights, eps, normalize),
+               (partials, programs, weights, grad_weights, eps, int(normalize)),
                dict(BLOCK=PARTIAL_BLOCK, **common))]
     for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
         launches.append(Launch(
             _input_grad_kernel, (triton.cdiv(grad.numel(), BLOCK),),
             (grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
-             *plan.args, *plan.fan_in, normalize,
-             output_memory_format(x) == torch.channels_last),
+             *plan.args, *plan.fan_in, int(normalize),
+             int(output_memory_format(x) == torch.channels_last)),
             dict(INPUT=i, KIND=plan.kind, INDEX_64=index_64, BLOCK=BLOCK, **common),
             num_warps=NUM_WARPS))
     return launches, grads, grad_weights

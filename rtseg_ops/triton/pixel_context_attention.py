@@ -161,13 +161,14 @@ def _backward_columns_kernel(x_ptr, sx_b, sx_c, sx_n, p_ptr, dp_ptr, d_ptr, part
                              GRAD_K: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr):
     """Step 2: this split's (BLOCK_C x BLOCK_M) block of dV = dO^T P (x = dO) or of
-    dK = Q^T dS (x = Q, GRAD_K), summed over its pixel tiles, into part[b, split]."""
-    split = tl.program_id(0)
-    c_tile = tl.program_id(1) // M_TILES
+    dK = Q^T dS (x = Q, GRAD_K), summed over its pixel tiles, into part[b, split]. The blocks of
+    one split are neighbours in the grid, so the scratch tiles they share are read from L2."""
+    split = tl.program_id(1)
+    c_tile = tl.program_id(0) // M_TILES
     b = tl.program_id(2).to(tl.int64)
     offs_c = (c_tile * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     mask_c = offs_c < C
-    offs_m = (tl.program_id(1) % M_TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = (tl.program_id(0) % M_TILES) * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     acc = tl.zeros((BLOCK_C, BLOCK_M), ACC)
     first = split * TILES_PER_SPLIT
@@ -180,7 +181,7 @@ def _backward_columns_kernel(x_ptr, sx_b, sx_c, sx_n, p_ptr, dp_ptr, d_ptr, part
         w = _grad_scores(p_ptr, dp_ptr, d, b * N * M + offs_n[:, None] * M, offs_m,
                          mask_n[:, None] & mask_m[None, :], scale, GRAD_K)
         acc += tl.dot(x_t, w.to(x_t.dtype), input_precision=PREC).to(ACC)
-    part = part_ptr + (b * tl.num_programs(0) + split) * C * M
+    part = part_ptr + (b * tl.num_programs(1) + split) * C * M
     tl.store(part + offs_c[:, None] * M + offs_m[None, :], acc,
              mask=mask_c[:, None] & mask_m[None, :])
 
@@ -369,10 +370,10 @@ def backward_launches(grad_output, query, key, value, lse, scale, splits=None):
         _launch(_backward_rows_kernel, (triton.cdiv(N, rows["BLOCK_N"]), B),
                 (go, *go.stride(), q, *q.stride(), key, *key.stride(), value, *value.stride(),
                  lse, p, dp, d, N, M, CK, CV, float(scale)), rows, **common),
-        _launch(_backward_columns_kernel, (splits, cv_tiles * m_tiles, B),
+        _launch(_backward_columns_kernel, (cv_tiles * m_tiles, splits, B),
                 (go, *go.stride(), p, dp, d, dv_part, N, M, CV, float(scale), col_tiles,
                  per_split, m_tiles), columns, GRAD_K=False, BLOCK_C=blk["BLOCK_CV"], **common),
-        _launch(_backward_columns_kernel, (splits, ck_tiles * m_tiles, B),
+        _launch(_backward_columns_kernel, (ck_tiles * m_tiles, splits, B),
                 (q, *q.stride(), p, dp, d, dk_part, N, M, CK, float(scale), col_tiles,
                  per_split, m_tiles), columns, GRAD_K=True, BLOCK_C=blk["BLOCK_CK"], **common),
         _launch(_backward_dq_kernel,

@@ -22,7 +22,9 @@ TABLE_DTYPES = ("float32", "float64")
 def compiled():
     jobs = tcc.collect(tcc.DTYPES, TABLE_DTYPES, one_per_group=True)
     results = tcc.run_jobs(jobs, n_jobs=max(1, min(8, os.cpu_count() or 1)))
-    (tcc.CACHE_DIR / "sm90-table.md").write_text(tcc.table(jobs, results) + "\n")
+    text = tcc.table(jobs, results)
+    (tcc.CACHE_DIR / "sm90-table.md").write_text(text + "\n")
+    print(text)  # shown with pytest -s or on failure
     return jobs, results
 
 

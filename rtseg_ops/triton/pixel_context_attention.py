@@ -239,7 +239,8 @@ def _blocks(dtype, CK, CV, M):
     # 3xTF32 splits both dot operands in registers: float32 pipelines fewer loads ahead
     rows = dict(BLOCK_N=32 if wide else 64, BLOCK_M=row_m, BLOCK_CK=_pow2(CK, 16, 32),
                 BLOCK_CV=_pow2(CV, 16, 32), num_warps=8)
-    columns = dict(BLOCK_N=32, BLOCK_M=block_m, num_warps=8 if block_m >= 64 else 4,
+    columns = dict(BLOCK_N=16 if wide else 32, BLOCK_M=block_m,
+                   num_warps=8 if block_m >= 64 else 4,
                    num_stages=2)
     if dtype == torch.float32:  # spill-free with Triton 3.6 and 3.9
         forward.update(BLOCK_CK=32, BLOCK_CV=64, num_stages=1)

@@ -373,12 +373,20 @@ def main():
     parser.add_argument("--jobs", type=int, default=2, help="compilations at a time")
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--ops", default="", help="only these ops' kernels (comma-separated)")
+    parser.add_argument("--json", help="also write the jobs, results and failures here")
     args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels Triton compiles")
     split = lambda text: [d for d in text.split(",") if d]  # noqa: E731
     jobs = collect(split(args.model_dtypes), split(args.table_dtypes), args.one_per_group,
                    split(args.ops))
     results = run_jobs(jobs, n_jobs=args.jobs, use_cache=not args.no_cache)
     failed = failures(jobs, results)
+    if args.json:
+        keep = ("name", "module", "config", "dtype", "example")
+        Path(args.json).write_text(json.dumps(dict(
+            triton=triton.__version__, failures=failed, results=results,
+            jobs={k: {f: j[f] for f in keep} for k, j in jobs.items()}), indent=1))
     print(f"Triton {triton.__version__}, sm_{TARGET_ARCH}\n\n{table(jobs, results)}\n")
     for f in failed:
         print("FAIL", f)

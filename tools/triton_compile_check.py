@@ -318,17 +318,21 @@ def problems(job, result):
     return out
 
 
+def _kernel(job):
+    return f"{job['module'].rsplit('.', 1)[-1]}.{job['name']}"
+
+
 def table(jobs, results):
     rows = ["| kernel | config | dtype | regs | spill B (st/ld) | stack B | smem B | compile s |",
             "|---|---|---|---|---|---|---|---|"]
-    for key in sorted(jobs, key=lambda k: (jobs[k]["name"], jobs[k]["config"],
+    for key in sorted(jobs, key=lambda k: (_kernel(jobs[k]), jobs[k]["config"],
                                            jobs[k]["dtype"])):
         job, r = jobs[key], results[key]
         if "error" in r:
-            rows.append(f"| {job['name']} | {job['config']} | {job['dtype']} | "
+            rows.append(f"| {_kernel(job)} | {job['config']} | {job['dtype']} | "
                         f"error: {r['error'][:80]} | | | | {r.get('seconds', '')} |")
         else:
-            rows.append(f"| {job['name']} | {job['config']} | {job['dtype']} | {r['regs']} | "
+            rows.append(f"| {_kernel(job)} | {job['config']} | {job['dtype']} | {r['regs']} | "
                         f"{r['spill_stores']}/{r['spill_loads']} | {r['stack']} | {r['shared']} "
                         f"| {r['seconds']} |")
     return "\n".join(rows)
@@ -357,7 +361,7 @@ def collect(model_dtypes=DTYPES, table_dtypes=DTYPES, one_per_group=False, ops=N
 
 
 def failures(jobs, results):
-    return [f"{jobs[k]['name']} [{jobs[k]['config']}] {jobs[k]['dtype']} "
+    return [f"{_kernel(jobs[k])} [{jobs[k]['config']}] {jobs[k]['dtype']} "
             f"(e.g. {jobs[k]['example']}): {'; '.join(p)}"
             for k in jobs if (p := problems(jobs[k], results[k]))]
 

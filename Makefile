@@ -9,9 +9,6 @@ SHELL := /bin/bash
 # otherwise a local .venv gets the pinned CPU build.
 TORCH_PIN := torch==2.13.0
 DEV_DEPS := triton pytest pytest-benchmark numpy ninja expecttest
-# Triton <= 3.6 (torch 2.11's pin) breaks under TRITON_INTERPRET=1 with numpy 2.4; later Tritons
-# work with it (triton-lang/triton#9172)
-NUMPY_FOR_OLD_TRITON := numpy<2.4
 PYTHON := $(shell if [ -x .venv/bin/python ]; then echo .venv/bin/python; \
 	elif python3 -c 'import torch' >/dev/null 2>&1; then echo python3; \
 	else echo .venv/bin/python; fi)
@@ -32,9 +29,6 @@ env:
 	fi
 	@missing=$$($(PYTHON) -c 'import importlib.util as u; print(" ".join(m for m, i in [("pytest", "pytest"), ("pytest-benchmark", "pytest_benchmark"), ("expecttest", "expecttest")] if u.find_spec(i) is None))'); \
 	if [ -n "$$missing" ]; then echo "[make] installing $$missing"; $(PYTHON) -m pip install -q $$missing; fi
-	@if $(PYTHON) -c 'import sys, numpy, torch, triton; v = lambda s: tuple(int(x) for x in s.split(".")[:2]); sys.exit(not (v(triton.__version__) < (3, 7) and v(numpy.__version__) >= (2, 4) and not torch.cuda.is_available()))' 2>/dev/null; then \
-		echo "[make] Triton <= 3.6's interpreter (the CPU tests) fails with numpy >= 2.4: installing $(NUMPY_FOR_OLD_TRITON)"; \
-		$(PYTHON) -m pip install -q "$(NUMPY_FOR_OLD_TRITON)"; fi
 	@$(PYTHON) -c 'import torch; print(f"[make] python: $(PYTHON), torch {torch.__version__}, cuda {torch.cuda.is_available()}")'
 
 build: env
@@ -42,6 +36,11 @@ build: env
 	@if ! $(PYTHON) -m pip install -v --no-build-isolation -e . > $(BUILD_LOG) 2>&1; then \
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
 	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
+# Triton <= 3.6 (torch 2.11's pin) breaks under TRITON_INTERPRET=1 (the CPU tests) with numpy 2.4;
+# later Tritons work with it (triton-lang/triton#9172)
+	@if $(PYTHON) -c 'import sys, numpy, torch, triton; v = lambda s: tuple(int(x) for x in s.split(".")[:2]); sys.exit(not (v(triton.__version__) < (3, 7) and v(numpy.__version__) >= (2, 4) and not torch.cuda.is_available()))' 2>/dev/null; then \
+		echo "[make] Triton <= 3.6's interpreter (the CPU tests) fails with numpy >= 2.4: installing numpy<2.4"; \
+		$(PYTHON) -m pip install -q "numpy<2.4"; fi
 
 # cuda-check first, so that pytest's summary is the run's closing line.
 test: build

@@ -250,7 +250,7 @@ def test_triton_float32_precision_follows_torch_setting():
     assert triton_kernels._precision(torch.float64) == "ieee"
 
 
-@pytest.mark.gpu  # registered in pytest.ini on main: `make gpu-check` runs it
+@pytest.mark.gpu  # `make gpu-check` runs the gpu-marked tests
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_triton_on_second_device():
     args = make_inputs(Ck=16, Cv=24, M=20, hw=(7, 9), device="cuda:1")

@@ -65,6 +65,11 @@ build: env
 	@if ! $(PYTHON) -m pip install -v --no-build-isolation --no-deps -e . > $(BUILD_LOG) 2>&1; then \
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
 	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
+# Triton <= 3.6 (torch 2.11's pin) breaks under TRITON_INTERPRET=1 (the CPU tests) with numpy 2.4;
+# later Tritons work with it (triton-lang/triton#9172)
+	@if $(PYTHON) -c 'import sys, numpy, torch, triton; v = lambda s: tuple(int(x) for x in s.split(".")[:2]); sys.exit(not (v(triton.__version__) < (3, 7) and v(numpy.__version__) >= (2, 4) and not torch.cuda.is_available()))' 2>/dev/null; then \
+		echo "[make] Triton <= 3.6's interpreter (the CPU tests) fails with numpy >= 2.4: installing numpy<2.4"; \
+		$(PYTHON) -m pip install -q "numpy<2.4"; fi
 
 # cuda-check first, so that pytest's summary is the run's closing line.
 test: build

@@ -1,5 +1,6 @@
 """pixel_context_attention: CSFCN CFC's attention of every pixel over M context vectors, fused
-(softmax and log-sum-exp on chip; the (N x M) attention matrix is never stored)."""
+(softmax and log-sum-exp on chip; the forward never stores the (N x M) attention matrix, the
+Triton backward keeps it and its gradient in a float32 scratch for its split-K dK/dV step)."""
 import numbers
 
 import torch

@@ -208,3 +208,8 @@ def check_reference_fallback(monkeypatch, name, op, ref, args):
 def backend_row(name):
     """Op `name`'s row of rtseg_ops.backend_table()."""
     return next(r for r in rtseg_ops.backend_table() if r["op"] == name)
+
+
+# Where tests call Triton kernels directly: the GPU, else the CPU under TRITON_INTERPRET=1
+# (conftest.py sets it when there is no CUDA).
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

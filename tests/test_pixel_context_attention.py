@@ -4,9 +4,10 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
-                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
-                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
+from op_harness import (DEVICES, GPU_LOW_PRECISION, TRITON_DEVICE, backend_row,
+                        check_against_reference, check_compile, check_deterministic,
+                        check_gradcheck, check_low_precision, check_opcheck,
+                        check_reference_fallback, requires_cuda, to_layout)
 
 op = rtseg_ops.pixel_context_attention
 ref = reference.pixel_context_attention
@@ -141,7 +142,7 @@ def test_deterministic_backward(device):
 
 # The Triton kernels, run directly (under TRITON_INTERPRET=1 on the CPU): small shapes.
 class TritonAttention(torch.autograd.Function):
-    programs_per_item = None
+    splits = None
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
@@ -153,7 +154,7 @@ class TritonAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grads = triton_kernels.backward(grad_out, *ctx.saved_tensors, ctx.scale,
-                                        programs_per_item=TritonAttention.programs_per_item)
+                                        splits=TritonAttention.splits)
         return grads + (None,)
 
 
@@ -173,8 +174,7 @@ TRITON_SHAPES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B,Ck,Cv,M,hw", TRITON_SHAPES)
 def test_triton_matches_reference(dtype, B, Ck, Cv, M, hw):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args = make_inputs(B, Ck, Cv, M, hw, logit_scale=3.0, dtype=dtype, device=device)
+    args = make_inputs(B, Ck, Cv, M, hw, logit_scale=3.0, dtype=dtype, device=TRITON_DEVICE)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     check_against_reference(triton_op, ref, args + (0.7,), atol=tol, rtol=tol)
 
@@ -183,9 +183,9 @@ def test_triton_matches_reference(dtype, B, Ck, Cv, M, hw):
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_triton_layouts_and_many_programs(layout, monkeypatch):
     """Non-NCHW inputs, and programs that each walk several pixel tiles (partials summed)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(TritonAttention, "programs_per_item", 3)
-    args = make_inputs(B=2, Ck=16, Cv=32, M=20, hw=(17, 19), device=device, layout=layout)
+    monkeypatch.setattr(TritonAttention, "splits", 3)
+    args = make_inputs(B=2, Ck=16, Cv=32, M=20, hw=(17, 19), device=TRITON_DEVICE,
+                       layout=layout)
     check_against_reference(triton_op, ref, args, atol=2e-5, rtol=2e-5)
     if layout == "channels_last":
         assert triton_op(*args).is_contiguous(memory_format=torch.channels_last)
@@ -193,24 +193,83 @@ def test_triton_layouts_and_many_programs(layout, monkeypatch):
 
 @requires_triton
 def test_triton_large_logits():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args = make_inputs(B=1, Ck=16, Cv=16, M=37, hw=(5, 6), dtype=torch.float64, device=device)
+    args = make_inputs(B=1, Ck=16, Cv=16, M=37, hw=(5, 6), dtype=torch.float64,
+                       device=TRITON_DEVICE)
     check_against_reference(triton_op, ref, args + (100.0,), atol=1e-9, rtol=1e-8)
+
+
+# GPU-only cases (also compiled for sm_90 by tests/test_triton_compile.py): CSFCN's channels,
+# M = 50 (square crops), 100 (1024x2048) and 256, then the CSFCN shape itself.
+GPU_SHAPES = [(2, 32, 256, M, (33, 65)) for M in (50, 100, 256)] + [(4, 32, 256, 100, (64, 128))]
+
+
+TRITON_BAD = [
+    (lambda q, k, v: (q, k[:, :5], v), ValueError, "key: expected 8 channels"),
+    (lambda q, k, v: (q, k, v[..., :4]), ValueError, "value: expected M = 10"),
+    (lambda q, k, v: (q, k[:1], v), ValueError, "key: expected batch 2"),
+    (lambda q, k, v: (q, k, v.double()), TypeError, "value: expected dtype"),
+    (lambda q, k, v: (q[0], k, v), ValueError, "query: expected a 4-D"),
+]
+
+
+@requires_triton
+@pytest.mark.parametrize("make,exc,match", TRITON_BAD)
+def test_triton_checks_arguments(make, exc, match):
+    """A direct torch.ops.rtseg call reaches the Triton launcher unchecked; it must refuse
+    mismatched shapes instead of reading out of bounds."""
+    q, k, v = make_inputs(device=TRITON_DEVICE)
+    with pytest.raises(exc, match=match):
+        triton_kernels.forward(*make(q, k, v), 1.0)
+    out, lse = triton_kernels.forward(q, k, v, 1.0)
+    with pytest.raises(exc, match=match):
+        triton_kernels.backward(out, *make(q, k, v), lse, 1.0)
+
+
+@requires_triton
+def test_triton_backward_checks_grad_and_lse():
+    q, k, v = make_inputs(device=TRITON_DEVICE)
+    out, lse = triton_kernels.forward(q, k, v, 1.0)
+    with pytest.raises(ValueError, match="grad_output: expected shape"):
+        triton_kernels.backward(out[:, 1:], q, k, v, lse, 1.0)
+    with pytest.raises(ValueError, match="lse: expected shape"):
+        triton_kernels.backward(out, q, k, v, lse[:, 1:], 1.0)
+    with pytest.raises(TypeError, match="lse: expected dtype"):
+        triton_kernels.backward(out, q, k, v, lse.double(), 1.0)
+
+
+@requires_triton
+def test_triton_float32_precision_follows_torch_setting():
+    """float32 runs on tensor cores: 3xTF32 at torch's default "highest", TF32 below it."""
+    previous = torch.get_float32_matmul_precision()
+    try:
+        assert triton_kernels._precision(torch.float32) == "tf32x3"
+        torch.set_float32_matmul_precision("high")
+        assert triton_kernels._precision(torch.float32) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert triton_kernels._precision(torch.float64) == "ieee"
+
+
+@pytest.mark.gpu  # `make gpu-check` runs the gpu-marked tests
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_on_second_device():
+    args = make_inputs(Ck=16, Cv=24, M=20, hw=(7, 9), device="cuda:1")
+    with torch.cuda.device(0):
+        check_against_reference(op, ref, args, atol=1e-5, rtol=1e-5)
 
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("M", [50, 100, 256])
-def test_low_precision_cuda(dtype, layout, M):
-    args = make_inputs(B=2, Ck=32, Cv=256, M=M, hw=(33, 65), logit_scale=3.0, device="cuda",
-                       layout=layout)
+@pytest.mark.parametrize("B,Ck,Cv,M,hw", GPU_SHAPES[:3])
+def test_low_precision_cuda(dtype, layout, B, Ck, Cv, M, hw):
+    args = make_inputs(B, Ck, Cv, M, hw, logit_scale=3.0, device="cuda", layout=layout)
     check_low_precision(op, ref, args, dtype=dtype)
 
 
 @requires_cuda
 def test_cuda_csfcn_shape():
-    args = make_inputs(B=4, Ck=32, Cv=256, M=100, hw=(64, 128), logit_scale=3.0, device="cuda")
+    args = make_inputs(*GPU_SHAPES[3], logit_scale=3.0, device="cuda")
     check_against_reference(op, ref, args, atol=1e-4, rtol=1e-4)
 
 

@@ -4,9 +4,10 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
-                        check_compile, check_deterministic, check_gradcheck, check_low_precision,
-                        check_opcheck, check_reference_fallback, requires_cuda, to_layout)
+from op_harness import (DEVICES, GPU_LOW_PRECISION, TRITON_DEVICE, backend_row,
+                        check_against_reference, check_compile, check_deterministic,
+                        check_gradcheck, check_low_precision, check_opcheck,
+                        check_reference_fallback, requires_cuda, to_layout)
 
 
 # The harness passes tensors as top-level arguments; these spread the input list out:
@@ -216,11 +217,15 @@ def test_module_rejects_bad_options():
         rtseg_ops.ScalarWeightedSum(2, activation="relu")
 
 
+# GPU-only cases (also compiled for sm_90 by tests/test_triton_compile.py)
+GPU_SIZES = [[(64, 96), (32, 48), (128, 192)]]
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_low_precision_cuda(dtype, layout):
-    args = make_inputs([(64, 96), (32, 48), (128, 192)], B=2, C=32, device="cuda", layout=layout)
+    args = make_inputs(GPU_SIZES[0], B=2, C=32, device="cuda", layout=layout)
     check_low_precision(op, ref, args, dict(normalize=True, activation="swish"), dtype=dtype)
 
 
@@ -310,14 +315,16 @@ def test_direct_backward_checks_grad_shape():
         torch.ops.rtseg.scalar_weighted_sum_backward(x1, [x0, x1], w, False, 1e-4, None)
 
 
-# The Triton kernels (the CUDA implementation) run here on CPU tensors under TRITON_INTERPRET=1
-# (tests/conftest.py); the interpreter is slow, so the shapes are small.
+# The Triton kernels (the CUDA implementation), called directly: on CUDA tensors where there is
+# a GPU, else on CPU tensors under TRITON_INTERPRET=1 (tests/conftest.py); the interpreter is
+# slow, so the shapes are small.
 TRITON_SIZES = {
     "every kind": [(6, 8), (3, 4), (12, 16), (5, 7)],
     "one input": [(5, 6)],
     "odd, pooled then nearest down": [(5, 6), (17, 13)],
     "pooled then nearest up": [(8, 8), (12, 12)],
     "mixed: one dim smaller, one larger": [(6, 6), (4, 13)],
+    "upsampled 16x by 32x": [(32, 64), (2, 2)],
 }
 
 
@@ -332,8 +339,8 @@ def _check_triton(args, normalize=False, activation=None, atol=1e-10, rtol=1e-10
     expected = ref(*leaves, normalize=normalize, activation=activation)
     torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
     gen = torch.Generator().manual_seed(1)
-    for grad in (torch.randn(out.shape, generator=gen, dtype=out.dtype),
-                 torch.ones((), dtype=out.dtype).expand(out.shape)):
+    for grad in (torch.randn(out.shape, generator=gen, dtype=out.dtype).to(out.device),
+                 torch.ones((), dtype=out.dtype, device=out.device).expand(out.shape)):
         expected_grads = torch.autograd.grad(expected, leaves, grad, retain_graph=True)
         grads, grad_w = kernels.scalar_weighted_sum_backward(grad, xs, w, *options)
         for i, (g, e) in enumerate(zip(grads + [grad_w], expected_grads)):
@@ -344,28 +351,29 @@ def _check_triton(args, normalize=False, activation=None, atol=1e-10, rtol=1e-10
 
 @pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
 def test_triton_options(options):
-    _check_triton(make_inputs(TRITON_SIZES["every kind"], B=1, C=2, dtype=torch.float64),
-                  **options)
+    _check_triton(make_inputs(TRITON_SIZES["every kind"], B=1, C=2, dtype=torch.float64,
+                              device=TRITON_DEVICE), **options)
 
 
 @pytest.mark.parametrize("name", list(TRITON_SIZES)[1:])
 def test_triton_resize_cases(name):
-    _check_triton(make_inputs(TRITON_SIZES[name], B=1, C=2, dtype=torch.float64),
-                  normalize=True, activation="swish")
+    _check_triton(make_inputs(TRITON_SIZES[name], B=1, C=2, dtype=torch.float64,
+                              device=TRITON_DEVICE), normalize=True, activation="swish")
 
 
 @pytest.mark.parametrize("name", ["every kind", "odd, pooled then nearest down"])
 def test_triton_ties_and_negative_weights(name):
     sizes = TRITON_SIZES[name]
     weights = [-0.5, 0.0, 2.0, 1.0][:len(sizes)]
-    args = make_inputs(sizes, B=1, C=2, dtype=torch.float64, ties=True, weights=weights)
+    args = make_inputs(sizes, B=1, C=2, dtype=torch.float64, ties=True, weights=weights,
+                       device=TRITON_DEVICE)
     _check_triton(args)
     _check_triton(args, normalize=True)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_triton_layouts(layout):
-    args = make_inputs(TRITON_SIZES["every kind"], B=2, C=3, layout=layout)
+    args = make_inputs(TRITON_SIZES["every kind"], B=2, C=3, layout=layout, device=TRITON_DEVICE)
     out = _check_triton(args, normalize=True, activation="swish", atol=1e-5, rtol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
                              else torch.contiguous_format)
@@ -373,11 +381,11 @@ def test_triton_layouts(layout):
 
 def test_triton_float32_index_rounding_and_empty_batch():
     from rtseg_ops.triton import scalar_weighted_sum as kernels
-    *xs, w = make_inputs([(164, 3), (2, 3)], B=1, C=1)
+    *xs, w = make_inputs([(164, 3), (2, 3)], B=1, C=1, device=TRITON_DEVICE)
     torch.testing.assert_close(kernels.scalar_weighted_sum_forward(xs, w, False, 1e-4, None),
                                ref(*xs, w))
-    *xs, w = make_inputs(TRITON_SIZES["every kind"], B=0)
-    grads, grad_w = kernels.scalar_weighted_sum_backward(torch.zeros(xs[0].shape), xs, w, True,
+    *xs, w = make_inputs(TRITON_SIZES["every kind"], B=0, device=TRITON_DEVICE)
+    grads, grad_w = kernels.scalar_weighted_sum_backward(torch.zeros_like(xs[0]), xs, w, True,
                                                          1e-4, "swish")
     assert [g.shape for g in grads] == [x.shape for x in xs] and not grad_w.any()
 
@@ -386,3 +394,14 @@ def test_triton_registered_as_cuda_kernel():
     assert torch._C._dispatch_has_kernel_for_dispatch_key("rtseg::scalar_weighted_sum", "CUDA")
     assert torch._C._dispatch_has_kernel_for_dispatch_key("rtseg::scalar_weighted_sum_backward",
                                                           "CUDA")
+
+
+def test_triton_index_64_near_2_31():
+    """A program's positions run up to BLOCK - 1 past the last element: int32 positions would
+    wrap for a tensor within BLOCK of 2**31 elements."""
+    from rtseg_ops.triton import scalar_weighted_sum as kernels
+    assert kernels._index_64([torch.empty(2**31 - kernels.BLOCK + 1, device="meta")])
+    assert not kernels._index_64([torch.empty(2**31 - kernels.BLOCK, device="meta")])
+    # an offset, not the element count, can be what reaches 2**31
+    assert kernels._index_64([torch.empty(1, device="meta").expand(2, 2**30).as_strided(
+        (2, 2), (2**31 - 1, 1))])

@@ -14,19 +14,23 @@ Backward, deterministic (no atomics):
    a nearest range, or, for pooled inputs, the ranges of the (at most 2x2) windows whose arg-max,
    recomputed with F.max_pool2d's rule (first maximum in row-major order, NaN wins), it is.
 
+Normalisation, swish and the memory layout are run-time flags (uniform branches) and so are the
+upsampling fan-ins (run-time loops): one compilation per dtype and resize kinds serves them all.
 Nearest indices use F.interpolate's float32 rule, ``min(floor(dst * float32(in / out)), in - 1)``.
 """
-import contextlib
-
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .._checks import output_memory_format
+from ._launch import Launch, run
 
 IDENTITY, NEAREST, POOL_NEAREST = 0, 1, 2  # csrc/common/resize.h: Resize
 BLOCK = 1024
+# 4 elements per thread: with 4 warps (8 per thread) the pooled gathers took 206 to 255
+# registers for sm_90 and spilled in float16/bfloat16
+NUM_WARPS = 8
 PARTIAL_BLOCK = 1024
 
 
@@ -57,9 +61,9 @@ def _block_index(BLOCK: tl.constexpr, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def _split(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
+def _split(idx, C, H, W, channels_last):
     """(b, c, y, x) of the element at memory position idx of a dense (B, C, H, W) tensor."""
-    if CHANNELS_LAST:
+    if channels_last != 0:
         c = idx % C
         x = (idx // C) % W
         y = (idx // (C * W)) % H
@@ -101,13 +105,13 @@ def _read(ptr, b, c, y, x, mask, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx,
 
 
 @triton.jit
-def _weights(w_ptr, eps, N: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.constexpr):
+def _weights(w_ptr, eps, normalize, N: tl.constexpr, ACC: tl.constexpr):
     """The four fused weights (zero beyond N)."""
     v0 = tl.load(w_ptr).to(ACC)
     v1 = tl.load(w_ptr + 1).to(ACC) if N > 1 else v0 * 0
     v2 = tl.load(w_ptr + 2).to(ACC) if N > 2 else v0 * 0
     v3 = tl.load(w_ptr + 3).to(ACC) if N > 3 else v0 * 0
-    if NORMALIZE:
+    if normalize != 0:
         v0 = tl.maximum(v0, 0)
         v1 = tl.maximum(v1, 0)
         v2 = tl.maximum(v2, 0)
@@ -117,20 +121,21 @@ def _weights(w_ptr, eps, N: tl.constexpr, NORMALIZE: tl.constexpr, ACC: tl.const
     return v0, v1, v2, v3
 
 
-@triton.jit
+# the flags are 0/1 integers, not specialised: one compilation serves both values
+@triton.jit(do_not_specialize=["normalize", "swish", "channels_last"])
 def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
                     x0, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0,
                     x1, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1,
                     x2, h2, w2, sn2, sc2, sh2, sw2, mh2, mw2, fy2, fx2,
                     x3, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3,
+                    normalize, swish, channels_last,
                     N: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
-                    K3: tl.constexpr, NORMALIZE: tl.constexpr, SWISH: tl.constexpr,
-                    CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
+                    K3: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
                     BLOCK: tl.constexpr):
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, y, x = _split(idx, C, H, W, CHANNELS_LAST)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    b, c, y, x = _split(idx, C, H, W, channels_last)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     s = a0 * _read(x0, b, c, y, x, mask, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0, K0, ACC)
     if N > 1:
         s += a1 * _read(x1, b, c, y, x, mask, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1, K1,
@@ -141,7 +146,7 @@ def _forward_kernel(out_ptr, w_ptr, total, C, H, W, eps,
     if N > 3:
         s += a3 * _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3,
                         ACC)
-    if SWISH:
+    if swish != 0:
         s = s / (1 + tl.exp(-s))
     tl.store(out_ptr + idx, s.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -151,26 +156,26 @@ def _partial_dot(g, r, mask):
     return tl.sum(tl.where(mask, g * r, 0), axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["normalize", "swish", "channels_last"])
 def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_ptr, total,
                          C, H, W, eps,
                          x0, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0,
                          x1, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1,
                          x2, h2, w2, sn2, sc2, sh2, sw2, mh2, mw2, fy2, fx2,
                          x3, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3,
+                         normalize, swish, channels_last,
                          N: tl.constexpr, K0: tl.constexpr, K1: tl.constexpr,
-                         K2: tl.constexpr, K3: tl.constexpr, NORMALIZE: tl.constexpr,
-                         SWISH: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr,
+                         K2: tl.constexpr, K3: tl.constexpr, ACC: tl.constexpr,
                          INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
     """grad_sum (the gradient before the activation, in the output's memory order) and this
     program's partial sums of grad_sum * resized_i, at partial_ptr[program, i]."""
     pid = tl.program_id(0)
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, y, x = _split(idx, C, H, W, CHANNELS_LAST)
+    b, c, y, x = _split(idx, C, H, W, channels_last)
     g = tl.load(grad_ptr + b * gsn + c * gsc + y.to(tl.int64) * gsh + x.to(tl.int64) * gsw,
                 mask=mask, other=0).to(ACC)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     r0 = _read(x0, b, c, y, x, mask, h0, w0, sn0, sc0, sh0, sw0, mh0, mw0, fy0, fx0, K0, ACC)
     r1 = _read(x1, b, c, y, x, mask, h1, w1, sn1, sc1, sh1, sw1, mh1, mw1, fy1, fx1, K1, ACC) \
         if N > 1 else r0
@@ -178,7 +183,7 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
         if N > 2 else r0
     r3 = _read(x3, b, c, y, x, mask, h3, w3, sn3, sc3, sh3, sw3, mh3, mw3, fy3, fx3, K3, ACC) \
         if N > 3 else r0
-    if SWISH:
+    if swish != 0:
         s = a0 * r0
         if N > 1:
             s += a1 * r1
@@ -200,11 +205,11 @@ def _backward_sum_kernel(grad_ptr, gsn, gsc, gsh, gsw, gsum_ptr, partial_ptr, w_
         tl.store(row + 3, _partial_dot(g, r3, mask))
 
 
-@triton.jit
-def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.constexpr,
-                         NORMALIZE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["normalize"])
+def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, normalize,
+                         N: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """One program: dL/dw_i summed over the partials in a fixed order, then through
-    w = relu(v) / (sum relu(v) + eps) when NORMALIZE."""
+    w = relu(v) / (sum relu(v) + eps) when normalizing."""
     lane = tl.arange(0, 4)
     acc = tl.zeros((BLOCK, 4), ACC)
     for start in range(0, programs, BLOCK):
@@ -212,7 +217,7 @@ def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.const
         acc += tl.load(partial_ptr + p[:, None].to(tl.int64) * 4 + lane[None, :],
                        mask=(p[:, None] < programs) & (lane[None, :] < N), other=0)
     gw = tl.sum(acc, axis=0)
-    if NORMALIZE:
+    if normalize != 0:
         v = tl.load(w_ptr + lane, mask=lane < N, other=0).to(ACC)
         r = tl.maximum(v, 0)
         total = tl.sum(r, axis=0) + eps
@@ -222,24 +227,26 @@ def _weights_grad_kernel(partial_ptr, programs, w_ptr, out_ptr, eps, N: tl.const
 
 
 @triton.jit
-def _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw,
-                  KY: tl.constexpr, KX: tl.constexpr, ACC: tl.constexpr):
-    """Sum of grad_sum over output rows [y_lo, y_hi) x columns [x_lo, x_hi) (at most KY x KX)."""
+def _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, fan_y, fan_x,
+                  ACC: tl.constexpr):
+    """Sum of grad_sum over output rows [y_lo, y_hi) x columns [x_lo, x_hi) (at most
+    fan_y x fan_x). Run-time loops: unrolling over the fan-in made large upsampling ratios
+    compile for minutes and spill, and each new ratio compile again."""
     base = gsum_ptr + b * gn + c * gc
     total = tl.zeros(y_lo.shape, ACC)
-    for ky in tl.static_range(KY):
+    for ky in range(fan_y):
         oy = y_lo + ky
-        for kx in tl.static_range(KX):
+        row = base + oy.to(tl.int64) * gh
+        ok_y = mask & (oy < y_hi)
+        for kx in range(fan_x):
             ox = x_lo + kx
-            ok = mask & (oy < y_hi) & (ox < x_hi)
-            total += tl.load(base + oy.to(tl.int64) * gh + ox.to(tl.int64) * gw, mask=ok,
-                             other=0)
+            total += tl.load(row + ox.to(tl.int64) * gw, mask=ok_y & (ox < x_hi), other=0)
     return total
 
 
 @triton.jit
 def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, mid_w, fy, fx,
-                 H, W, gn, gc, gh, gw, KY: tl.constexpr, KX: tl.constexpr, ACC: tl.constexpr):
+                 H, W, gn, gc, gh, gw, fan_y, fan_x, ACC: tl.constexpr):
     """Gradient reaching input element (u, v) through pooled element (py, px): its output
     range's grad_sum when (u, v) is the window's arg-max, else 0."""
     ok = ok & (py < mid_h) & (px < mid_w)
@@ -262,21 +269,23 @@ def _pooled_grad(gsum_ptr, x_base, b, c, u, v, py, px, ok, h, w, sh, sw, mid_h, 
     y_hi = _first_output(py + 1, fy, mid_h, H)
     x_lo = _first_output(px, fx, mid_w, W)
     x_hi = _first_output(px + 1, fx, mid_w, W)
-    return _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, ok, gn, gc, gh, gw, KY, KX, ACC)
+    return _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, ok, gn, gc, gh, gw, fan_y, fan_x,
+                         ACC)
 
 
-@triton.jit
+# fan-ins and flags not specialised: one compilation for every size ratio and option
+@triton.jit(do_not_specialize=["fan_y", "fan_x", "normalize", "channels_last"])
 def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, total, C,
-                       x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, INPUT: tl.constexpr,
-                       N: tl.constexpr, KIND: tl.constexpr, KY: tl.constexpr, KX: tl.constexpr,
-                       NORMALIZE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                       ACC: tl.constexpr, INDEX_64: tl.constexpr, BLOCK: tl.constexpr):
+                       x_ptr, h, w, sn, sc, sh, sw, mid_h, mid_w, fy, fx, fan_y, fan_x,
+                       normalize, channels_last, INPUT: tl.constexpr, N: tl.constexpr,
+                       KIND: tl.constexpr, ACC: tl.constexpr, INDEX_64: tl.constexpr,
+                       BLOCK: tl.constexpr):
     """Gradient of input INPUT, gathered per input element, stored in its buffer's memory
     order."""
     idx = _block_index(BLOCK, INDEX_64)
     mask = idx < total
-    b, c, u, v = _split(idx, C, h, w, CHANNELS_LAST)
-    a0, a1, a2, a3 = _weights(w_ptr, eps, N, NORMALIZE, ACC)
+    b, c, u, v = _split(idx, C, h, w, channels_last)
+    a0, a1, a2, a3 = _weights(w_ptr, eps, normalize, N, ACC)
     a = a0 if INPUT == 0 else (a1 if INPUT == 1 else (a2 if INPUT == 2 else a3))
     if KIND == 0:
         g = tl.load(gsum_ptr + b * gn + c * gc + u.to(tl.int64) * gh + v.to(tl.int64) * gw,
@@ -286,8 +295,8 @@ def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, tot
         y_hi = _first_output(u + 1, fy, mid_h, H)
         x_lo = _first_output(v, fx, mid_w, W)
         x_hi = _first_output(v + 1, fx, mid_w, W)
-        g = _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, KY, KX,
-                          ACC)
+        g = _gather_range(gsum_ptr, b, c, y_lo, y_hi, x_lo, x_hi, mask, gn, gc, gh, gw, fan_y,
+                          fan_x, ACC)
     else:
         # (u, v) lies in the windows of pooled rows u // 2 and (u + 1) // 2 (one when u is even)
         x_base = x_ptr + b * sn + c * sc
@@ -295,13 +304,13 @@ def _input_grad_kernel(gsum_ptr, gn, gc, gh, gw, H, W, w_ptr, eps, grad_ptr, tot
         py1, px1 = (u + 1) // 2, (v + 1) // 2
         two_y, two_x = (u % 2) == 1, (v % 2) == 1
         g = _pooled_grad(gsum_ptr, x_base, b, c, u, v, py0, px0, mask, h, w, sh, sw, mid_h,
-                         mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                         mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py0, px1, mask & two_x, h, w, sh, sw,
-                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py1, px0, mask & two_y, h, w, sh, sw,
-                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
         g += _pooled_grad(gsum_ptr, x_base, b, c, u, v, py1, px1, mask & two_y & two_x, h, w,
-                          sh, sw, mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, KY, KX, ACC)
+                          sh, sw, mid_h, mid_w, fy, fx, H, W, gn, gc, gh, gw, fan_y, fan_x, ACC)
     tl.store(grad_ptr + idx, (a * g).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
@@ -335,9 +344,11 @@ class _Plan:
 
 
 def _index_64(tensors):
-    """Whether an element offset of one of the tensors may not fit in int32."""
-    return any(t.numel() >= 2**31 or
-               sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) >= 2**31
+    """Whether int32 positions may wrap: a program's positions run up to BLOCK - 1 past a
+    tensor's last element, and element offsets must fit too."""
+    limit = 2**31 - BLOCK
+    return any(t.numel() > limit or
+               sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride())) > limit
                for t in tensors if t.numel())
 
 
@@ -355,36 +366,32 @@ def _plans(inputs):
     return plans, args, kinds
 
 
-def _on_device(t):
-    """Triton launches on the current CUDA device; make it t's (nothing to do on the CPU, where
-    tests run the kernels under TRITON_INTERPRET=1)."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _checked(inputs, weights, normalize, eps, activation):
     from ..scalar_weighted_sum import _check_args  # imported here: that module imports this one
     _check_args(inputs, weights, normalize, eps, activation)
     return list(inputs), weights.contiguous()
 
 
-def scalar_weighted_sum_forward(inputs, weights, normalize, eps, activation):
+def forward_launches(inputs, weights, normalize, eps, activation):
+    """The launches of the forward and its output (allocated, not yet computed)."""
     inputs, weights = _checked(inputs, weights, normalize, eps, activation)
     first = inputs[0]
     out = torch.empty_like(first, memory_format=output_memory_format(first))
     if out.numel() == 0:
-        return out
+        return [], out
     _, C, H, W = first.shape
     _, args, kinds = _plans(inputs)
-    with _on_device(first):
-        _forward_kernel[(triton.cdiv(out.numel(), BLOCK),)](
-            out, weights, out.numel(), C, H, W, eps, *args, N=len(inputs), **kinds,
-            NORMALIZE=normalize, SWISH=activation == "swish",
-            CHANNELS_LAST=output_memory_format(first) == torch.channels_last,
-            ACC=_acc_dtype(first.dtype), INDEX_64=_index_64(inputs + [out]), BLOCK=BLOCK)
-    return out
+    return [Launch(_forward_kernel, (triton.cdiv(out.numel(), BLOCK),),
+                   (out, weights, out.numel(), C, H, W, eps, *args, int(normalize),
+                    int(activation == "swish"),
+                    int(output_memory_format(first) == torch.channels_last)),
+                   dict(N=len(inputs), **kinds, ACC=_acc_dtype(first.dtype),
+                        INDEX_64=_index_64(inputs + [out]), BLOCK=BLOCK),
+                   num_warps=NUM_WARPS)], out
 
 
-def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, activation):
+def backward_launches(grad_output, inputs, weights, normalize, eps, activation):
+    """The launches of the backward and its outputs (input gradients, weight gradient)."""
     inputs, weights = _checked(inputs, weights, normalize, eps, activation)
     first = inputs[0]
     if grad_output.shape != first.shape:
@@ -397,29 +404,45 @@ def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, a
     _, C, H, W = first.shape
     total = first.numel()
     if total == 0:
-        return [g.zero_() for g in grads], grad_weights.zero_()
+        return [], [g.zero_() for g in grads], grad_weights.zero_()
     plans, args, kinds = _plans(inputs)
     out_format = output_memory_format(first)
     grad_sum = torch.empty(first.shape, dtype=acc_torch, device=first.device,
                            memory_format=out_format)
     programs = triton.cdiv(total, BLOCK)
     partials = torch.empty((programs, 4), dtype=acc_torch, device=first.device)
-    common = dict(N=len(inputs), NORMALIZE=normalize, ACC=acc)
+    common = dict(N=len(inputs), ACC=acc)
     index_64 = _index_64(inputs + grads + [grad_output, grad_sum])
-    with _on_device(first):
-        _backward_sum_kernel[(programs,)](
-            grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W, eps,
-            *args, **kinds, SWISH=activation == "swish",
-            CHANNELS_LAST=out_format == torch.channels_last, INDEX_64=index_64, BLOCK=BLOCK,
-            **common)
-        _weights_grad_kernel[(1,)](partials, programs, weights, grad_weights, eps,
-                                   BLOCK=PARTIAL_BLOCK, **common)
-        for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
-            _input_grad_kernel[(triton.cdiv(grad.numel(), BLOCK),)](
-                grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
-                *plan.args, INPUT=i, KIND=plan.kind, KY=plan.fan_in[0], KX=plan.fan_in[1],
-                CHANNELS_LAST=output_memory_format(x) == torch.channels_last,
-                INDEX_64=index_64, BLOCK=BLOCK, **common)
+    launches = [
+        Launch(_backward_sum_kernel, (programs,),
+               (grad_output, *grad_output.stride(), grad_sum, partials, weights, total, C, H, W,
+                eps, *args, int(normalize), int(activation == "swish"),
+                int(out_format == torch.channels_last)),
+               dict(**kinds, INDEX_64=index_64, BLOCK=BLOCK, **common), num_warps=NUM_WARPS),
+        Launch(_weights_grad_kernel, (1,),
+               (partials, programs, weights, grad_weights, eps, int(normalize)),
+               dict(BLOCK=PARTIAL_BLOCK, **common))]
+    for i, (plan, x, grad) in enumerate(zip(plans, inputs, grads)):
+        launches.append(Launch(
+            _input_grad_kernel, (triton.cdiv(grad.numel(), BLOCK),),
+            (grad_sum, *grad_sum.stride(), H, W, weights, eps, grad, grad.numel(), C,
+             *plan.args, *plan.fan_in, int(normalize),
+             int(output_memory_format(x) == torch.channels_last)),
+            dict(INPUT=i, KIND=plan.kind, INDEX_64=index_64, BLOCK=BLOCK, **common),
+            num_warps=NUM_WARPS))
+    return launches, grads, grad_weights
+
+
+def scalar_weighted_sum_forward(inputs, weights, normalize, eps, activation):
+    launches, out = forward_launches(inputs, weights, normalize, eps, activation)
+    run(launches, out.device)
+    return out
+
+
+def scalar_weighted_sum_backward(grad_output, inputs, weights, normalize, eps, activation):
+    launches, grads, grad_weights = backward_launches(grad_output, inputs, weights, normalize,
+                                                      eps, activation)
+    run(launches, grad_weights.device)
     return grads, grad_weights
 
 

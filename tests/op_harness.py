@@ -13,6 +13,10 @@ import rtseg_ops
 from rtseg_ops import _backend
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA C++ kernels under the CUDA simulator (tests/cuda_sim), on CPU tensors: conftest routes
+# torch.ops.rtseg to them for tests marked `sim`, which also accept the CUDA dtypes on the CPU.
+SIM = pytest.param("cpu", id="sim", marks=pytest.mark.sim)
+SIM_DEVICES = ["cpu", SIM] + DEVICES[1:]
 # Half-precision dtypes are GPU-only (ops.md, common rules).
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 

@@ -16,7 +16,7 @@ namespace {
 at::Tensor device_maps(const PyramidGeometry& geo, const at::Tensor& x) {
   auto host = at::from_blob(const_cast<int32_t*>(geo.maps.data()),
                             {static_cast<int64_t>(geo.maps.size())}, at::kInt);
-  return host.pin_memory().to(x.options().dtype(at::kInt), /*non_blocking=*/true);
+  return pinned(host).to(x.options().dtype(at::kInt), /*non_blocking=*/true);
 }
 
 at::Tensor pyramid_pool_cuda(const at::Tensor& x, at::IntArrayRef grids, bool keep_aspect_ratio,
@@ -56,7 +56,7 @@ at::Tensor pyramid_pool_backward_cuda(const at::Tensor& grad_output, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("pyramid_pool", &pyramid_pool_cuda);
   m.impl("pyramid_pool_backward", &pyramid_pool_backward_cuda);
 }

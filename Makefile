@@ -1,5 +1,6 @@
 # make test   : set up the environment, build, `make cuda-check` if nvcc exists, then every test
 # make bench  : set up, build, run the benchmarks and print the speedup table
+# make sim-deps  : install clang and its sanitizer runtimes (the CUDA simulator's tests need them)
 # make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed) and,
 #                   with a CPU-only torch, syntax-check every CUDA glue file against stub headers
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ CUDA_INC := $(firstword $(wildcard $(CUDA_HOME)/include/cuda_runtime_api.h /usr/
 CUDA_ARCHS := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 BUILD_LOG := build/pip-install.log
 
-.PHONY: env build test cuda-check glue-check bench clean
+.PHONY: env build sim-deps test cuda-check glue-check bench clean
 
 env:
 	@if [ "$(PYTHON)" = ".venv/bin/python" ] && [ ! -f .venv/.ready ]; then \
@@ -37,8 +38,23 @@ build: env
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
 	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
 
+# tests/cuda_sim compiles csrc/cuda for the CUDA simulator with clang, ASan and UBSan.
+SIM_CLANGS := clang++ clang++-19 clang++-18 clang++-17 clang++-16 clang++-15 clang++-14
+sim-deps:
+	@for c in $(SIM_CLANGS); do \
+		command -v $$c >/dev/null && [ -f "$$($$c -print-file-name=libclang_rt.asan-x86_64.so)" ] && exit 0; \
+	done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "[make] installing clang and its sanitizer runtimes for the CUDA simulator"; \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			clang libclang-rt-dev llvm >/dev/null; \
+	else \
+		echo "[make] the CUDA simulator's tests need clang with its ASan runtime:" \
+			"apt-get install clang libclang-rt-dev llvm (as root)"; exit 1; \
+	fi
+
 # cuda-check first, so that pytest's summary is the run's closing line.
-test: build
+test: build sim-deps
 	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; \
 	else echo "[make] nvcc not found: skipping cuda-check"; fi
 	$(PYTHON) -m pytest tests -q -ra

@@ -263,8 +263,10 @@ def rtseg_op_names():
 
 
 def call(op, *args):
-    """torch.ops.rtseg_sim.<op>(*args) in the worker, under every seed of SEEDS."""
-    return unpack(WORKER.call(("call", op, pack(args), SEEDS)))
+    """torch.ops.rtseg_sim.<op>(*args) in the worker, under every seed of SEEDS and this
+    process's deterministic-algorithms setting."""
+    return unpack(WORKER.call(("call", op, pack(args), SEEDS,
+                               torch.are_deterministic_algorithms_enabled())))
 
 
 def launch_planted(which, data):

@@ -22,7 +22,7 @@ def outputs(result):
 
 def same_bits(a, b):
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+        a.flatten().clone().view(torch.uint8), b.flatten().clone().view(torch.uint8))
 
 
 def run_seeds(ext, op, args, seeds):
@@ -44,11 +44,11 @@ def run_seeds(ext, op, args, seeds):
             if exact and not same_bits(a, b):
                 raise cuda_sim.SimulatorError(
                     f"rtseg_sim::{op}: output {i} differs between schedule seeds {first_seed} "
-                    "and {seed} although no atomics ran (a race the checker missed, or "
+                    f"and {seed} although no atomics ran (a race the checker missed, or "
                     "uninitialized memory)")
             if not exact:
                 tol = 1e-5 if a.dtype in (torch.float32, torch.float64) else 1e-2
-                torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: (
+                torch.testing.assert_close(a, b, atol=tol, rtol=tol, equal_nan=True, msg=lambda m: (
                     f"rtseg_sim::{op}: output {i} differs between seeds beyond rounding: {m}"))
     return first
 
@@ -81,7 +81,8 @@ def main():
                                  if n.startswith("rtseg_sim::") and
                                  torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU"))
             elif kind == "call":
-                _, op, args, seeds = message
+                _, op, args, seeds, deterministic = message
+                torch.use_deterministic_algorithms(deterministic)
                 payload = cuda_sim.pack(run_seeds(ext, op, cuda_sim.unpack(args), seeds))
             elif kind == "planted":
                 _, which, data = message

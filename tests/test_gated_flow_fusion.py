@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -210,6 +210,16 @@ def test_module():
     assert "groups=4" in repr(fused) and "'reference'" in repr(composite)
     with pytest.raises(ValueError, match="ops: expected one of"):
         rtseg_ops.GatedFlowFusion(ops="unfused")
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "slices_cl"])
+def test_low_precision_sim(device, dtype, layout):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    args = make_inputs(B=2, C=8, groups=2, high_hw=(12, 20), low_hw=(4, 6), flow_scale=3,
+                       device=device, layout=layout)
+    check_low_precision(op, ref, args + (2,), dtype=dtype)
 
 
 @requires_cuda

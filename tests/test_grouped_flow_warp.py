@@ -5,7 +5,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -145,6 +145,16 @@ def test_deterministic_backward(device):
     x, flow = make_inputs(B=2, C=16, groups=2, in_hw=(16, 20), out_hw=(31, 39), flow_scale=5,
                           device=device)
     check_deterministic(op, (x, flow, 2, (31, 39)))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_sim(device, dtype, layout):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x, flow = make_inputs(B=2, C=16, groups=4, in_hw=(9, 13), out_hw=(17, 25), flow_scale=3,
+                          device=device, layout=layout)
+    check_low_precision(op, ref, (x, flow, 4, (17, 25)), dtype=dtype)
 
 
 @requires_cuda

@@ -4,7 +4,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -114,6 +114,16 @@ def test_compile_fullgraph(cascade):
 @pytest.mark.parametrize("device", SIM_DEVICES)
 def test_deterministic_backward(device):
     check_deterministic(op, (make_input(C=16, hw=(33, 65), device=device),))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("cascade", [True])
+def test_low_precision_sim(device, dtype, layout, cascade):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x = make_input(B=2, C=4, hw=(13, 27), device=device, layout=layout)
+    check_low_precision(op, ref, (x, (1, 2, 3, 6), True, cascade), dtype=dtype)
 
 
 @requires_cuda

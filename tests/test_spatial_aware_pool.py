@@ -3,7 +3,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -148,6 +148,16 @@ def test_compile_fullgraph():
 def test_deterministic_backward(device):
     x = make_inputs(B=2, C=8, hw=(40, 56), device=device)
     check_deterministic(op, (x, 5, True))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("count_include_pad", [False])
+def test_low_precision_sim(device, dtype, layout, count_include_pad):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x = make_inputs(B=1, C=3, hw=(37, 70), device=device, layout=layout)
+    check_low_precision(op, ref, (x, 5, count_include_pad), dtype=dtype)
 
 
 @requires_cuda

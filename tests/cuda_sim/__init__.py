@@ -15,7 +15,6 @@ bitwise equal, with them equal within a tolerance.
 import contextlib
 import glob
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -221,19 +220,21 @@ class Worker:
         self.ops = tuple(self._request(("init", schemas)))
 
     def _crash_report(self):
-        self.proc.wait()
+        """The dead worker's sanitizer report (or the end of its log); the next call starts a
+        new worker."""
+        code = self.proc.wait()
         with open(self.log_path, errors="replace") as f:
             log = f.read()
         self.proc = self.conn = None
-        report = log[log.find("=="):] if "ERROR: AddressSanitizer" in log else log[-6000:]
-        return f"the simulator's worker died (exit {self.proc_rc}):\n{report[-12000:]}"
+        m = re.search(r"^.*(==\d+==ERROR|runtime error:)", log, re.M)
+        start = m.start() if m else max(0, len(log) - 6000)
+        return f"the simulator's worker died (exit {code}):\n{log[start:start + 12000]}"
 
     def _request(self, message):
         try:
             self.conn.send(message)
             status, payload, launches = self.conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            self.proc_rc = self.proc.poll() if self.proc.poll() is not None else self.proc.wait()
+        except (EOFError, OSError):
             raise SimulatorError(self._crash_report()) from None
         for key, n in launches.items():
             self.launches[key] = self.launches.get(key, 0) + n

@@ -20,9 +20,14 @@ def outputs(result):
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
+def raw_bytes(t):
+    flat = torch.empty(t.numel(), dtype=t.dtype)
+    flat.copy_(t.reshape(-1))
+    return flat.view(torch.uint8)
+
+
 def same_bits(a, b):
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
-        a.flatten().clone().view(torch.uint8), b.flatten().clone().view(torch.uint8))
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(raw_bytes(a), raw_bytes(b))
 
 
 def run_seeds(ext, op, args, seeds):
@@ -55,7 +60,7 @@ def run_seeds(ext, op, args, seeds):
 
 def main():
     conn = Connection(int(sys.argv[1]))
-    ext = None
+    ext = schemas = None
     seen = {}
 
     def new_launches():
@@ -72,11 +77,10 @@ def main():
         try:
             kind = message[0]
             if kind == "init":
-                lib = torch.library.Library("rtseg_sim", "DEF")  # noqa: F841 (kept alive)
-                for name, schema in message[1]:
-                    lib.define(schema.split("::", 1)[1])
+                schemas = torch.library.Library("rtseg_sim", "DEF")  # kept: it owns the schemas
+                for _, schema in message[1]:
+                    schemas.define(schema.split("::", 1)[1])
                 ext = cuda_sim.build()
-                keep = lib  # the schemas live as long as this process
                 payload = sorted(n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names()
                                  if n.startswith("rtseg_sim::") and
                                  torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU"))
@@ -93,13 +97,12 @@ def main():
                 payload = None
             conn.send(("ok", payload, new_launches()))
         except Exception as exc:  # reported to the test, which raises it
-            kind = "SimulatorError" if "cuda_sim:" in str(exc) or isinstance(
+            text = str(exc)
+            kind = "SimulatorError" if "cuda_sim:" in text or isinstance(
                 exc, cuda_sim.SimulatorError) else type(exc).__name__
-            text = str(exc) if kind != "SimulatorError" else str(exc)
             if message[0] == "init":
                 text += "\n" + traceback.format_exc()
             conn.send(("error", (kind, text), new_launches()))
-    del keep
 
 
 if __name__ == "__main__":

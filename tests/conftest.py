@@ -39,4 +39,6 @@ def _sim_device(request):
 def pytest_sessionfinish(session, exitstatus):
     import sys
     if "cuda_sim" in sys.modules:
-        sys.modules["cuda_sim"].WORKER.close()
+        cuda_sim = sys.modules["cuda_sim"]
+        cuda_sim.WORKER.close()
+        cuda_sim.write_launch_counts()

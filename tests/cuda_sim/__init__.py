@@ -14,6 +14,7 @@ bitwise equal, with them equal within a tolerance.
 """
 import contextlib
 import glob
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ import rtseg_ops  # noqa: F401  (registers the torch.ops.rtseg schemas the worke
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SIM_DIR = os.path.join(ROOT, "tools", "cuda_sim")
-BUILD_DIR = os.path.join(ROOT, "build", "cuda_sim")
+BUILD_DIR = os.environ.get("RTSEG_SIM_BUILD_DIR", os.path.join(ROOT, "build", "cuda_sim"))
 PLANTED = os.path.join(os.path.dirname(__file__), "planted.cu")
 SEEDS = tuple(int(s) for s in os.environ.get("RTSEG_SIM_SEEDS", "1,2").split(","))
 CLANG_VERSIONS = ("", "-19", "-18", "-17", "-16", "-15", "-14")
@@ -203,8 +204,11 @@ class Worker:
         self.log_path = os.path.join(BUILD_DIR, f"worker-{os.getpid()}.log")
         env = dict(os.environ, LD_PRELOAD=asan_rt, PYTHONPATH=os.pathsep.join(
             [os.path.dirname(os.path.dirname(__file__)), ROOT, os.environ.get("PYTHONPATH", "")]),
+            # every allocation filled with 0xbe bytes: outputs or workspaces a kernel leaves
+            # unwritten read as garbage, not as the zeros fresh pages would give
             ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:allocator_may_return_null=1:"
-                         "quarantine_size_mb=64:handle_segv=1:print_summary=1",
+                         "quarantine_size_mb=64:handle_segv=1:print_summary=1:"
+                         "max_malloc_fill_size=1073741824:malloc_fill_byte=190",
             UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
         if symbolizer:
             env["ASAN_SYMBOLIZER_PATH"] = symbolizer
@@ -256,6 +260,14 @@ class Worker:
 
 
 WORKER = Worker()
+
+
+def write_launch_counts():
+    """build/cuda_sim/launches.json: this session's launches per csrc/cuda kernel (0: never)."""
+    counts = {k: WORKER.launches.get(k, 0) for k in sorted(declared_kernels())}
+    if any(counts.values()):
+        with open(os.path.join(BUILD_DIR, "launches.json"), "w") as f:
+            json.dump(counts, f, indent=1)
 
 
 def rtseg_op_names():

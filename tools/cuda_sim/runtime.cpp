@@ -100,6 +100,7 @@ struct Runtime {
   cudaError_t last_error = cudaSuccess;
   std::unordered_map<const void*, size_t> shared_opt_in;
   std::vector<char*> dynamic_shared;
+  uintptr_t dynamic_lo = UINTPTR_MAX, dynamic_hi = 0;  // the range they span
   std::map<std::string, int64_t> launches;
   uint64_t atomics = 0;
   uint64_t seed = 1;
@@ -273,6 +274,7 @@ void race(const char* kind, uintptr_t addr, int other, const void* other_pc, con
 
 void check_dynamic_bounds(uintptr_t addr, size_t size, const void* pc) {
   Runtime& r = rt();
+  if (addr < r.dynamic_lo || addr >= r.dynamic_hi) return;
   for (char* base : r.dynamic_shared) {
     const auto b = reinterpret_cast<uintptr_t>(base);
     if (addr >= b && addr < b + kMaxSharedBytes) {
@@ -334,7 +336,7 @@ inline void on_access(const void* p, size_t size, bool write, const void* pc) {
 
 std::string site(const Fiber& f) { return std::string(f.file) + ":" + std::to_string(f.line); }
 bool same_site(const Fiber& a, const Fiber& b) {
-  return a.line == b.line && std::strcmp(a.file, b.file) == 0;
+  return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
 }
 
 // Called when no fiber is ready: releases a barrier, finishes the block, or reports why the
@@ -426,7 +428,11 @@ std::string base_name(const char* name) {
 // ---- launches ----
 
 bool register_dynamic_shared(void* base) {
-  rt().dynamic_shared.push_back(static_cast<char*>(base));
+  Runtime& r = rt();
+  r.dynamic_shared.push_back(static_cast<char*>(base));
+  const auto b = reinterpret_cast<uintptr_t>(base);
+  r.dynamic_lo = std::min(r.dynamic_lo, b);
+  r.dynamic_hi = std::max(r.dynamic_hi, b + kMaxSharedBytes);
   return true;
 }
 

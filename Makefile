@@ -46,8 +46,10 @@ sim-deps:
 	done; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "[make] installing clang and its sanitizer runtimes for the CUDA simulator"; \
-		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			clang libclang-rt-dev llvm >/dev/null; \
+		apt-get update -q >/dev/null; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q clang libclang-rt-dev llvm >/dev/null || \
+			apt-get install -y -q clang llvm >/dev/null; \
 	else \
 		echo "[make] the CUDA simulator's tests need clang with its ASan runtime:" \
 			"apt-get install clang libclang-rt-dev llvm (as root)"; exit 1; \

@@ -1,5 +1,9 @@
 """The CUDA simulator proves itself on planted bugs (tests/cuda_sim/planted.cu), and every
 __global__ kernel of csrc/cuda runs under it during the suite."""
+import glob
+import os
+import re
+
 import pytest
 import torch
 
@@ -87,6 +91,16 @@ def test_shared_memory_opt_in():
     torch.testing.assert_close(planted("shared_with_opt_in", data=data.clone()), data.flip(0))
     with pytest.raises(RuntimeError, match="invalid argument"):
         planted("shared_over_limit")
+
+
+def test_every_glue_registers_for_the_simulator():
+    """Each op a csrc/cuda glue file implements is simulated (it registers through
+    RTSEG_CUDA_IMPL, not TORCH_LIBRARY_IMPL(rtseg, CUDA, ...))."""
+    glued = set()
+    for path in glob.glob(os.path.join(cuda_sim.ROOT, "csrc", "cuda", "*_glue.cpp")):
+        with open(path) as f:
+            glued.update(re.findall(r'm\.impl\("(\w+)"', f.read()))
+    assert glued and glued <= set(cuda_sim.simulated_ops())
 
 
 def test_routing_restores_the_cpu_kernels():

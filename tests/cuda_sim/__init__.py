@@ -54,10 +54,23 @@ def declared_kernels():
         with open(path) as f:
             text = f.read()
         rel = os.path.relpath(path, ROOT)
-        for name in re.findall(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s*)?(\w+)\s*\(",
-                               text):
+        for m in re.finditer(r"__global__\b", text):
+            head = _strip_launch_bounds(text[m.end():m.end() + 2000])
+            name = re.match(r"\s*void\s+(\w+)\s*\(", head).group(1)
             found.add(f"{rel}:{name}")
     return found
+
+
+def _strip_launch_bounds(text):
+    """`text` without a leading `__launch_bounds__(...)` (whose arguments may nest)."""
+    m = re.match(r"\s*void\s+__launch_bounds__\s*\(", text)
+    if not m:
+        return text
+    depth, i = 1, m.end()
+    while depth:
+        depth += {"(": 1, ")": -1}.get(text[i], 0)
+        i += 1
+    return " void " + text[i:]
 
 
 def find_clang():

@@ -1,5 +1,6 @@
 # make test   : set up the environment, build, `make cuda-check` if nvcc exists, then every test
 # make bench  : set up, build, run the benchmarks and print the speedup table
+# make sim-deps  : install clang and its sanitizer runtimes (the CUDA simulator's tests need them)
 # make cuda-check : compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90 (no GPU needed), print
 #                   each kernel's sm_90 registers, spills, stack, shared memory and occupancy
 #                   (tools/cuda_resources.py; fails on any spill) and, with a CPU-only torch,
@@ -34,7 +35,7 @@ BUILD_LOG := build/pip-install.log
 # The `export` and `train` extras, so that the ONNX, predict and wheel tests run in CI too.
 DEV_DEPS += onnx onnxscript onnxruntime pillow tqdm
 
-.PHONY: env build test cuda-check glue-check bench gpu-check clean
+.PHONY: env build sim-deps test cuda-check glue-check bench gpu-check clean
 
 # Installs only what is missing: nothing on a machine that has torch, pytest and pytest-benchmark.
 env:
@@ -71,8 +72,25 @@ build: env
 		echo "[make] Triton <= 3.6's interpreter (the CPU tests) fails with numpy >= 2.4: installing numpy<2.4"; \
 		$(PYTHON) -m pip install -q "numpy<2.4"; fi
 
+# tests/cuda_sim compiles csrc/cuda for the CUDA simulator with clang, ASan and UBSan.
+SIM_CLANGS := clang++ clang++-19 clang++-18 clang++-17 clang++-16 clang++-15 clang++-14
+sim-deps:
+	@for c in $(SIM_CLANGS); do \
+		command -v $$c >/dev/null && [ -f "$$($$c -print-file-name=libclang_rt.asan-x86_64.so)" ] && exit 0; \
+	done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "[make] installing clang and its sanitizer runtimes for the CUDA simulator"; \
+		apt-get update -q >/dev/null; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q clang libclang-rt-dev llvm >/dev/null || \
+			apt-get install -y -q clang llvm >/dev/null; \
+	else \
+		echo "[make] the CUDA simulator's tests need clang with its ASan runtime:" \
+			"apt-get install clang libclang-rt-dev llvm (as root)"; exit 1; \
+	fi
+
 # cuda-check first, so that pytest's summary is the run's closing line.
-test: build
+test: build sim-deps
 	@if [ -n "$(NVCC)" ]; then $(MAKE) --no-print-directory cuda-check; \
 	else echo "[make] nvcc not found: skipping cuda-check"; fi
 	$(PYTHON) -m pytest tests -q -ra

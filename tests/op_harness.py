@@ -21,6 +21,10 @@ CUDA_MARKS = (pytest.mark.gpu,
 COLLECT_CUDA = torch.cuda.is_available() or os.environ.get("RTSEG_COLLECT_CUDA") == "1"
 DEVICES = ["cpu"] + ([pytest.param("cuda", marks=CUDA_MARKS)] if COLLECT_CUDA else [])
 # Half-precision dtypes are GPU-only (docs/ops.md, common rules).
+# The CUDA C++ kernels under the CUDA simulator (tests/cuda_sim), on CPU tensors: conftest routes
+# torch.ops.rtseg to them for tests marked `sim`, which also accept the CUDA dtypes on the CPU.
+SIM = pytest.param("cpu", id="sim", marks=pytest.mark.sim)
+SIM_DEVICES = ["cpu", SIM] + DEVICES[1:]
 GPU_LOW_PRECISION = [torch.float16, torch.bfloat16]
 
 

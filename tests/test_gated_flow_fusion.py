@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -55,7 +55,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("groups,C,high_hw,low_hw,flow_scale,gate_scale", CASES)
 def test_matches_reference(device, groups, C, high_hw, low_hw, flow_scale, gate_scale):
     args = make_inputs(C=C, groups=groups, high_hw=high_hw, low_hw=low_hw,
@@ -64,7 +64,7 @@ def test_matches_reference(device, groups, C, high_hw, low_hw, flow_scale, gate_
     check_against_reference(op, ref, args + (groups,), atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("layout", ["channels_last", "strided", "slices", "slices_cl"])
 def test_layouts(device, layout):
     args = make_inputs(C=8, groups=2, high_hw=(11, 9), low_hw=(4, 3), device=device,
@@ -76,7 +76,7 @@ def test_layouts(device, layout):
         assert op(*args, 2).is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided", "slices",
                                     "slices_cl"])
 @pytest.mark.parametrize("high_hw,low_hw,flow_scale", [((7, 37), (3, 10), 2.0),
@@ -90,7 +90,7 @@ def test_float32_rows(device, layout, high_hw, low_hw, flow_scale):
     check_against_reference(op, ref64, args + (2,), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_zero_flow_and_gate_is_upsample_plus_high(device):
     """An independent composite: with zero offsets the gates are 1 and both warps are
     identities, so the result is interpolate(low) + high."""
@@ -101,7 +101,7 @@ def test_zero_flow_and_gate_is_upsample_plus_high(device):
     torch.testing.assert_close(op(high, low, *zeros, 2), expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_unused_taps_do_not_leak_inf(device):
     """Samples that leave the map read nothing: an inf stored at pixel (0, 0) of high and low,
     where unused taps point, must not turn their zero weights into nan, in the output or in any
@@ -124,7 +124,7 @@ def test_unused_taps_do_not_leak_inf(device):
         assert torch.isfinite(g).all(), f"grad of {name} is not finite"
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_empty_batch(device):
     args = [t.requires_grad_() for t in make_inputs(B=0, C=4, groups=2, device=device)]
     out = op(*args, 2)
@@ -176,7 +176,7 @@ def test_compile_fullgraph():
 THREADED = dict(B=1, C=16, groups=1, high_hw=(48, 64), low_hw=(13, 17), flow_scale=5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_threaded_matches_reference(device):
     args = make_inputs(**THREADED, dtype=torch.float64, device=device)
     check_against_reference(op, ref, args + (1,), atol=1e-10, rtol=1e-10)
@@ -193,7 +193,7 @@ def test_empty_channel_slice():
         torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("case", [THREADED, dict(B=2, C=16, groups=2, high_hw=(24, 31),
                                                  low_hw=(7, 9), flow_scale=5)])
 def test_deterministic_backward(device, case):
@@ -210,6 +210,16 @@ def test_module():
     assert "groups=4" in repr(fused) and "'reference'" in repr(composite)
     with pytest.raises(ValueError, match="ops: expected one of"):
         rtseg_ops.GatedFlowFusion(ops="unfused")
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "slices_cl"])
+def test_low_precision_sim(device, dtype, layout):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    args = make_inputs(B=2, C=8, groups=2, high_hw=(12, 20), low_hw=(4, 6), flow_scale=3,
+                       device=device, layout=layout)
+    check_low_precision(op, ref, args + (2,), dtype=dtype)
 
 
 @requires_cuda

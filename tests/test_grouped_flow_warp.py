@@ -5,7 +5,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -37,7 +37,7 @@ SHAPES = [
 MODES = list(itertools.product(["zeros", "border"], [True, False]))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("groups,in_hw,out_hw,flow_scale", SHAPES)
 @pytest.mark.parametrize("padding_mode,align_corners", MODES)
 def test_matches_reference(device, groups, in_hw, out_hw, flow_scale, padding_mode, align_corners):
@@ -47,7 +47,7 @@ def test_matches_reference(device, groups, in_hw, out_hw, flow_scale, padding_mo
                             atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("padding_mode,align_corners", MODES)
 def test_layouts(device, layout, padding_mode, align_corners):
@@ -60,7 +60,7 @@ def test_layouts(device, layout, padding_mode, align_corners):
         assert op(x, flow, 4, (13, 17)).is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_zero_flow_is_align_corners_upsampling(device):
     x, _ = make_inputs(C=4, groups=1, in_hw=(5, 7), device=device)
     flow = torch.zeros(2, 2, 9, 13, device=device)
@@ -68,7 +68,7 @@ def test_zero_flow_is_align_corners_upsampling(device):
     torch.testing.assert_close(rtseg_ops.flow_warp(x, flow, (9, 13)), expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("padding_mode", ["zeros", "border"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_unused_corners_do_not_leak_inf(device, padding_mode, dtype):
@@ -90,7 +90,7 @@ def test_unused_corners_do_not_leak_inf(device, padding_mode, dtype):
         assert torch.isfinite(gf[:, :, 2:, 2:]).all() and torch.isfinite(gx).all()
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_empty_batch(device):
     x, flow = make_inputs(B=0, C=4, groups=2, in_hw=(5, 6), out_hw=(7, 8), device=device)
     x.requires_grad_()
@@ -140,11 +140,21 @@ def test_compile_fullgraph():
     check_compile(fn, (x, flow))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_deterministic_backward(device):
     x, flow = make_inputs(B=2, C=16, groups=2, in_hw=(16, 20), out_hw=(31, 39), flow_scale=5,
                           device=device)
     check_deterministic(op, (x, flow, 2, (31, 39)))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_low_precision_sim(device, dtype, layout):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x, flow = make_inputs(B=2, C=16, groups=4, in_hw=(9, 13), out_hw=(17, 25), flow_scale=3,
+                          device=device, layout=layout)
+    check_low_precision(op, ref, (x, flow, 4, (17, 25)), dtype=dtype)
 
 
 @requires_cuda

@@ -4,7 +4,7 @@ import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -34,7 +34,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("hw,grids,keep_aspect_ratio", SHAPES)
 @pytest.mark.parametrize("cascade", [True, False])
 def test_matches_reference(device, hw, grids, keep_aspect_ratio, cascade):
@@ -54,7 +54,7 @@ def test_float32_large_map():
     check_against_reference(op, ref, (x, (1, 2, 3, 6), True, False), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 @pytest.mark.parametrize("cascade", [True, False])
 def test_layouts(device, layout, cascade):
@@ -66,7 +66,7 @@ def test_layouts(device, layout, cascade):
         assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_empty_batch(device):
     x = make_input(B=0, hw=(8, 16), device=device).requires_grad_()
     out = op(x)
@@ -111,9 +111,19 @@ def test_compile_fullgraph(cascade):
     check_compile(fn, (x,))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_deterministic_backward(device):
     check_deterministic(op, (make_input(C=16, hw=(33, 65), device=device),))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("cascade", [True])
+def test_low_precision_sim(device, dtype, layout, cascade):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x = make_input(B=2, C=4, hw=(13, 27), device=device, layout=layout)
+    check_low_precision(op, ref, (x, (1, 2, 3, 6), True, cascade), dtype=dtype)
 
 
 @requires_cuda

@@ -1,13 +1,9 @@
-import os
-import subprocess
-
 import pytest
 import torch
 
 import rtseg_ops
 from rtseg_ops import reference
-import cuda_emulation
-from op_harness import (DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
+from op_harness import (DEVICES, SIM, SIM_DEVICES, GPU_LOW_PRECISION, backend_row, check_against_reference,
                         check_compile, check_deterministic, check_gradcheck, check_low_precision,
                         check_opcheck, check_reference_fallback, requires_cuda, to_layout)
 
@@ -38,7 +34,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("hw,levels", SHAPES)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_matches_reference(device, hw, levels, count_include_pad):
@@ -46,14 +42,14 @@ def test_matches_reference(device, hw, levels, count_include_pad):
     check_against_reference(op, ref, (x, levels, count_include_pad), atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_float32(device, count_include_pad):
     x = make_inputs(B=2, C=4, hw=(45, 70), device=device)
     check_against_reference(op, ref, (x, 5, count_include_pad), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("count_include_pad", [True, False])
 def test_large_offset_keeps_float32_precision(device, count_include_pad):
     """1e4 + noise: window sums reach 4e7 and a float32 summed-area table of this map would
@@ -66,7 +62,7 @@ def test_large_offset_keeps_float32_precision(device, count_include_pad):
         assert err <= 4e-3, f"level {j + 1}: max error {err:.3g} against float64"
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_layouts(device, layout):
     x = make_inputs(C=8, hw=(19, 27), device=device, layout=layout)
@@ -76,7 +72,7 @@ def test_layouts(device, layout):
         assert o.is_contiguous(memory_format=expected)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 @pytest.mark.parametrize("B,C", [(0, 3), (2, 0)])
 def test_empty(device, B, C):
     x = make_inputs(B=B, C=C, hw=(9, 10), device=device).requires_grad_()
@@ -86,7 +82,7 @@ def test_empty(device, B, C):
     assert x.grad.shape == x.shape
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_unused_levels_get_no_gradient(device):
     """Levels the loss ignores reach the backward as None and must count as zero."""
     x = make_inputs(hw=(23, 18), device=device, dtype=torch.float64)
@@ -148,10 +144,20 @@ def test_compile_fullgraph():
     check_compile(fn, (x,))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", SIM_DEVICES)
 def test_deterministic_backward(device):
     x = make_inputs(B=2, C=8, hw=(40, 56), device=device)
     check_deterministic(op, (x, 5, True))
+
+
+@pytest.mark.parametrize("device", [SIM])
+@pytest.mark.parametrize("dtype", GPU_LOW_PRECISION)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("count_include_pad", [False])
+def test_low_precision_sim(device, dtype, layout, count_include_pad):
+    """The CUDA kernels in float16/bfloat16 under the CUDA simulator, by the GPU tests' rule."""
+    x = make_inputs(B=1, C=3, hw=(37, 70), device=device, layout=layout)
+    check_low_precision(op, ref, (x, 5, count_include_pad), dtype=dtype)
 
 
 @requires_cuda
@@ -235,13 +241,3 @@ def test_direct_backward_call_checks(grads, match):
     gs = [torch.zeros(o.shape) for o in ref(x, 3)]
     with pytest.raises(RuntimeError, match=match):
         torch.ops.rtseg.spatial_aware_pool_backward(grads(gs, x), x, 3, True)
-
-
-@pytest.mark.skipif(not cuda_emulation.available(), reason="needs g++ and the CUDA headers")
-def test_cuda_kernels_emulated_on_cpu(tmp_path):
-    """The CUDA kernels' indexing (tiles, halos, cell buffers, layouts, every dtype) run on the
-    CPU against a direct computation, where no GPU is available (tests/cuda_emulation)."""
-    driver = os.path.join(os.path.dirname(__file__), "cuda_emulation", "spatial_aware_pool.cpp")
-    exe = cuda_emulation.build("spatial_aware_pool.cu", driver, str(tmp_path))
-    result = subprocess.run([exe], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout

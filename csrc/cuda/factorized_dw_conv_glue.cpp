@@ -66,7 +66,7 @@ FactorizedDWGrads factorized_dw_conv_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("factorized_dw_conv", &factorized_dw_conv_cuda);
   m.impl("factorized_dw_conv_backward", &factorized_dw_conv_backward_cuda);
 }

@@ -121,7 +121,7 @@ gated_flow_fusion_backward_cuda(const at::Tensor& grad_output, const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("gated_flow_fusion", &gated_flow_fusion_cuda);
   m.impl("gated_flow_fusion_backward", &gated_flow_fusion_backward_cuda);
 }

@@ -1,13 +1,31 @@
 #pragma once
-// Torch-side helpers of the CUDA glue files (built only against a CUDA build of torch).
+// Torch-side helpers of the CUDA glue files (built only against a CUDA build of torch, or for
+// the CUDA simulator).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime.h>
 
+#if defined(RTSEG_SIM)
+// tools/cuda_sim: the glue runs on CPU tensors and registers its kernels as rtseg_sim::<op>
+// (CPU), which the tests route torch.ops.rtseg.<op> to; there is one device and one stream.
+namespace c10::cuda {
+struct CUDAGuard {
+  explicit CUDAGuard(c10::Device) {}
+};
+}  // namespace c10::cuda
+#define RTSEG_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(rtseg_sim, CPU, m)
 namespace rtseg {
-
+inline cudaStream_t current_stream() { return nullptr; }
+}  // namespace rtseg
+#else
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#define RTSEG_CUDA_IMPL(m) TORCH_LIBRARY_IMPL(rtseg, CUDA, m)
+namespace rtseg {
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
+}  // namespace rtseg
+#endif
+
+namespace rtseg {
 
 inline void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err));

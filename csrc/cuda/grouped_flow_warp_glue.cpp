@@ -80,7 +80,7 @@ std::tuple<at::Tensor, at::Tensor> grouped_flow_warp_backward_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("grouped_flow_warp", &grouped_flow_warp_cuda);
   m.impl("grouped_flow_warp_backward", &grouped_flow_warp_backward_cuda);
 }

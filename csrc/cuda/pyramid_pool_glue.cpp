@@ -57,7 +57,7 @@ at::Tensor pyramid_pool_backward_cuda(const at::Tensor& grad_output, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("pyramid_pool", &pyramid_pool_cuda);
   m.impl("pyramid_pool_backward", &pyramid_pool_backward_cuda);
 }

@@ -64,7 +64,7 @@ at::Tensor spatial_aware_pool_backward_cuda(at::TensorList grad_outputs, const a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rtseg, CUDA, m) {
+RTSEG_CUDA_IMPL(m) {
   m.impl("spatial_aware_pool", &spatial_aware_pool_cuda);
   m.impl("spatial_aware_pool_backward", &spatial_aware_pool_backward_cuda);
 }

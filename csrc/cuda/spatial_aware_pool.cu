@@ -8,6 +8,9 @@
 // small kernels give each cell of levels >= 3 its gradient, coarsest first, each level folding in
 // the next coarser one; a tile kernel does the same for levels 2 and 1 in shared memory and
 // writes every pixel's gradient from its level 1 cell.
+// channels_last maps (chosen from the strides) get channel-fastest variants of every kernel: a
+// tile CTA takes a group of adjacent channels and the cell buffer is channel-fastest, so that
+// neighbouring threads read and write neighbouring channels, adjacent in memory.
 #include "cuda/cuda_utils.cuh"
 #include "cuda/spatial_aware_pool.cuh"
 
@@ -16,9 +19,19 @@
 namespace rtseg {
 namespace {
 
-// Input tile side: float cells need 46 KB of shared memory at 64, double cells as much at 32.
-template <typename A> struct TileSide { static constexpr int value = 64; };
-template <> struct TileSide<double> { static constexpr int value = 32; };
+// Tiles: a block takes CG adjacent channels of one TILE x TILE input tile. NCHW input gets one
+// channel (a block reads its plane along rows) and the largest tile that fits: float cells need
+// 46 KB of shared memory at 64, double cells as much at 32. channels_last input gets 16 x 16
+// tiles of 8 float (4 double) cells' channels, so that neighbouring threads take neighbouring
+// channels of a pixel, adjacent in memory (32 bytes per pixel for float32), in the same 42 KB.
+template <typename A, bool CL> struct Tiling {
+  static constexpr int tile = CL ? 16 : (sizeof(A) == 8 ? 32 : 64);
+  static constexpr int channels = CL ? (sizeof(A) == 8 ? 4 : 8) : 1;
+};
+
+// Resident blocks per SM that the kernels without large shared arrays ask for: all 8 (32
+// registers) with float cells, 5 with double cells, which need about 48 registers.
+template <typename T> constexpr int min_blocks() { return sizeof(acc_t<T>) == 8 ? 5 : 8; }
 
 // Cells in shared memory as four arrays, so that threads reading one field of neighbouring
 // cells hit distinct banks.
@@ -35,111 +48,199 @@ template <typename A, int N> struct SharedCells {
   }
 };
 
-// Writes the outputs of one level owned by a tile: n x n outputs starting at (oy0, ox0), whose
-// cell (oy, ox) is cells[first + (oy - oy0) * pitch + ox - ox0].
-template <typename T, typename A, typename Cells>
+// The cells of one level >= 3 in the scratch buffer: plane-major for NCHW launches,
+// channel-fastest for channels_last ones, so that in either the coarse kernels' neighbouring
+// threads (which walk the outputs in the same order) touch neighbouring cells.
+template <bool CL> struct CellGrid {
+  int64_t channels, rows, cols;
+  // Cell (b, c, r, k) lies at origin(b, c) + (r * cols + k) * pitch().
+  __device__ __forceinline__ int64_t origin(int64_t b, int64_t c) const {
+    return CL ? b * rows * cols * channels + c : (b * channels + c) * rows * cols;
+  }
+  __device__ __forceinline__ int64_t pitch() const { return CL ? channels : 1; }
+  __device__ __forceinline__ int64_t at(int64_t b, int64_t c, int64_t r, int64_t k) const {
+    return origin(b, c) + (r * cols + k) * pitch();
+  }
+  // The inverse of at(): (b, c, r, k) of the cell at index i.
+  __device__ __forceinline__ void split(int64_t i, int64_t& b, int64_t& c, int64_t& r,
+                                        int64_t& k) const {
+    if constexpr (CL) {
+      c = i % channels;
+      k = (i / channels) % cols;
+      r = (i / (channels * cols)) % rows;
+      b = i / (channels * cols * rows);
+    } else {
+      k = i % cols;
+      r = (i / cols) % rows;
+      c = (i / (cols * rows)) % channels;
+      b = i / (cols * rows * channels);
+    }
+  }
+  __device__ __forceinline__ CellGrid coarser() const {
+    return {channels, sap_out_size(rows, 2), sap_out_size(cols, 2)};
+  }
+};
+
+// The block's batch index and first channel: blockIdx.x runs over (batch, group of CG channels).
+template <int CG> struct BlockChannels {
+  int64_t b, c0;
+  __device__ explicit BlockChannels(int64_t channels) {
+    const int64_t groups = (channels + CG - 1) / CG;
+    b = blockIdx.x / groups;
+    c0 = (blockIdx.x % groups) * CG;
+  }
+};
+
+// Writes the outputs of one level owned by a tile: n x n outputs starting at (oy0, ox0) for
+// each of the block's CG channels, whose cell (oy, ox) of channel c0 + ch is
+// cells[(first + (oy - oy0) * pitch + ox - ox0) * CG + ch].
+template <typename T, typename A, int CG, typename Cells>
 __device__ void write_tile_outputs(const Cells& cells, int first, int pitch, int n, int64_t oy0,
                                    int64_t ox0, int64_t s, const Strided4& xs, T* out,
-                                   const Strided4& os, int64_t b, int64_t c,
+                                   const Strided4& os, const BlockChannels<CG>& bc,
                                    bool count_include_pad) {
-  for (int i = threadIdx.x; i < n * n; i += kThreads) {
-    const int64_t oy = oy0 + i / n, ox = ox0 + i % n;
-    if (oy >= os.h || ox >= os.w) continue;
+  for (int i = threadIdx.x; i < n * n * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int64_t oy = oy0 + m / n, ox = ox0 + m % n, c = bc.c0 + ch;
+    if (oy >= os.h || ox >= os.w || c >= os.c) continue;
     const auto cell = [&](int64_t a, int64_t k) {
-      return cells[first + int(a - oy0) * pitch + int(k - ox0)];
+      return cells[(first + int(a - oy0) * pitch + int(k - ox0)) * CG + ch];
     };
     const A sum = sap_window_sum<A>(cell, oy, ox);
     const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
                       sap_window_count(ox, s, xs.w, count_include_pad));
-    out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] = from_acc<T>(sum / count);
+    out[bc.b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] = from_acc<T>(sum / count);
   }
 }
 
-template <typename T, int TILE>
-__global__ void __launch_bounds__(kThreads)
-    fine_levels_kernel(const T* __restrict__ x, Strided4 xs, SapOutputs outs, int levels,
-                       bool count_include_pad, SapCell<acc_t<T>>* __restrict__ level3_cells) {
+// Shared arrays hold entry e of the block's channel ch at e * CG + ch, and loops give thread i
+// channel i % CG: with CG > 1 neighbouring threads read neighbouring channels.
+template <typename T, int TILE, int CG>
+__device__ __forceinline__ void fine_levels(const T* __restrict__ x, const Strided4& xs,
+                                            const SapOutputs& outs, int levels,
+                                            bool count_include_pad,
+                                            SapCell<acc_t<T>>* __restrict__ level3_cells) {
   using A = acc_t<T>;
   constexpr int P = TILE + 8;       // pixels per side: 4 before the tile, 4 after
   constexpr int N1 = TILE / 2 + 4;  // level 1 cells per side: 2 before, 2 after
   constexpr int N2 = TILE / 4 + 2;  // level 2 cells per side: 1 before, 1 after
   constexpr int N3 = TILE / 8;      // level 3 cells of the tile itself
-  __shared__ A pixels[P * P];
-  __shared__ SharedCells<A, N1 * N1> cells1;
-  __shared__ SharedCells<A, N2 * N2> cells2;
+  __shared__ A pixels[P * P * CG];
+  __shared__ SharedCells<A, N1 * N1 * CG> cells1;
+  __shared__ SharedCells<A, N2 * N2 * CG> cells2;
 
-  const int64_t plane = blockIdx.x;
-  const int64_t b = plane / xs.c, c = plane % xs.c;
+  const BlockChannels<CG> bc(xs.c);
   const int64_t y0 = int64_t(blockIdx.z) * TILE, x0 = int64_t(blockIdx.y) * TILE;
-  const T* src = x + b * xs.sn + c * xs.sc;
-  for (int i = threadIdx.x; i < P * P; i += kThreads) {
-    const int64_t y = y0 - 4 + i / P, xx = x0 - 4 + i % P;
-    const bool inside = y >= 0 && y < xs.h && xx >= 0 && xx < xs.w;
-    pixels[i] = inside ? to_acc(src[y * xs.sh + xx * xs.sw]) : A(0);
+  const T* src = x + bc.b * xs.sn;
+  for (int i = threadIdx.x; i < P * P * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int64_t y = y0 - 4 + m / P, xx = x0 - 4 + m % P, c = bc.c0 + ch;
+    const bool inside = c < xs.c && y >= 0 && y < xs.h && xx >= 0 && xx < xs.w;
+    pixels[i] = inside ? to_acc(src[c * xs.sc + y * xs.sh + xx * xs.sw]) : A(0);
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < N1 * N1; i += kThreads) {
-    const int r = 2 * (i / N1), q = 2 * (i % N1);
-    const A p00 = pixels[r * P + q], p01 = pixels[r * P + q + 1];
-    const A p10 = pixels[(r + 1) * P + q], p11 = pixels[(r + 1) * P + q + 1];
+  for (int i = threadIdx.x; i < N1 * N1 * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int r = 2 * (m / N1), q = 2 * (m % N1);
+    const auto pixel = [&](int a, int k) { return pixels[(a * P + k) * CG + ch]; };
+    const A p00 = pixel(r, q), p01 = pixel(r, q + 1), p10 = pixel(r + 1, q),
+            p11 = pixel(r + 1, q + 1);
     cells1.set(i, {(p00 + p01) + (p10 + p11), p00 + p10, p00 + p01, p00});
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < N2 * N2; i += kThreads) {
-    const int r = 2 * (i / N2), q = 2 * (i % N2);
-    cells2.set(i, sap_merge(cells1[r * N1 + q], cells1[r * N1 + q + 1],
-                            cells1[(r + 1) * N1 + q], cells1[(r + 1) * N1 + q + 1]));
+  for (int i = threadIdx.x; i < N2 * N2 * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int r = 2 * (m / N2), q = 2 * (m % N2);
+    const auto cell = [&](int a, int k) { return cells1[(a * N1 + k) * CG + ch]; };
+    cells2.set(i, sap_merge(cell(r, q), cell(r, q + 1), cell(r + 1, q), cell(r + 1, q + 1)));
   }
   __syncthreads();
   // cells1 starts at global cell y0/2 - 2 and the tile's outputs at y0/2: two cells in.
-  write_tile_outputs<T, A>(cells1, 2 * N1 + 2, N1, TILE / 2, y0 / 2, x0 / 2, 2, xs,
-                           static_cast<T*>(outs.data[0]), outs.shape[0], b, c,
-                           count_include_pad);
+  write_tile_outputs<T, A, CG>(cells1, 2 * N1 + 2, N1, TILE / 2, y0 / 2, x0 / 2, 2, xs,
+                               static_cast<T*>(outs.data[0]), outs.shape[0], bc,
+                               count_include_pad);
   if (levels >= 2)
-    write_tile_outputs<T, A>(cells2, N2 + 1, N2, TILE / 4, y0 / 4, x0 / 4, 4, xs,
-                             static_cast<T*>(outs.data[1]), outs.shape[1], b, c,
-                             count_include_pad);
+    write_tile_outputs<T, A, CG>(cells2, N2 + 1, N2, TILE / 4, y0 / 4, x0 / 4, 4, xs,
+                                 static_cast<T*>(outs.data[1]), outs.shape[1], bc,
+                                 count_include_pad);
   if (levels >= 3) {
-    const int64_t rows3 = sap_out_size(xs.h, 8), cols3 = sap_out_size(xs.w, 8);
-    for (int i = threadIdx.x; i < N3 * N3; i += kThreads) {
-      const int64_t gy = y0 / 8 + i / N3, gx = x0 / 8 + i % N3;
-      if (gy >= rows3 || gx >= cols3) continue;
+    const CellGrid<(CG > 1)> grid{xs.c, sap_out_size(xs.h, 8), sap_out_size(xs.w, 8)};
+    for (int i = threadIdx.x; i < N3 * N3 * CG; i += kThreads) {
+      const int ch = i % CG, m = i / CG;
+      const int64_t gy = y0 / 8 + m / N3, gx = x0 / 8 + m % N3, c = bc.c0 + ch;
+      if (gy >= grid.rows || gx >= grid.cols || c >= xs.c) continue;
       // cells2 starts at global cell y0/4 - 1: level 3 cell gy covers level 2 cells 2gy, 2gy+1.
-      const int r = 2 * (i / N3) + 1, q = 2 * (i % N3) + 1;
-      level3_cells[(plane * rows3 + gy) * cols3 + gx] =
-          sap_merge(cells2[r * N2 + q], cells2[r * N2 + q + 1], cells2[(r + 1) * N2 + q],
-                    cells2[(r + 1) * N2 + q + 1]);
+      const int r = 2 * (m / N3) + 1, q = 2 * (m % N3) + 1;
+      const auto cell = [&](int a, int k) { return cells2[(a * N2 + k) * CG + ch]; };
+      level3_cells[grid.at(bc.b, c, gy, gx)] =
+          sap_merge(cell(r, q), cell(r, q + 1), cell(r + 1, q), cell(r + 1, q + 1));
     }
   }
 }
 
-// Level j >= 3: outputs from level j's cells, and level j+1's cells when `next` is not null.
-template <typename T>
+// Levels 1 and 2 per tile (plus level 3's cells when levels >= 3), one channel per block.
+template <typename T, int TILE>
 __global__ void __launch_bounds__(kThreads)
-    coarse_level_kernel(const SapCell<acc_t<T>>* __restrict__ cells, int64_t planes,
-                        int64_t rows, int64_t cols, int64_t s, Strided4 xs, T* __restrict__ out,
-                        Strided4 os, bool count_include_pad,
-                        SapCell<acc_t<T>>* __restrict__ next) {
+    fine_levels_kernel(const T* __restrict__ x, Strided4 xs, SapOutputs outs, int levels,
+                       bool count_include_pad, SapCell<acc_t<T>>* __restrict__ level3_cells) {
+  fine_levels<T, TILE, 1>(x, xs, outs, levels, count_include_pad, level3_cells);
+}
+
+// The same for channels_last input, CG channels per block.
+template <typename T, int TILE, int CG>
+__global__ void __launch_bounds__(kThreads)
+    fine_levels_channels_last_kernel(const T* __restrict__ x, Strided4 xs, SapOutputs outs,
+                                     int levels, bool count_include_pad,
+                                     SapCell<acc_t<T>>* __restrict__ level3_cells) {
+  fine_levels<T, TILE, CG>(x, xs, outs, levels, count_include_pad, level3_cells);
+}
+
+// Level j >= 3: outputs from level j's cells, and level j+1's cells when `next` is not null.
+template <typename T, bool CL>
+__device__ __forceinline__ void coarse_level(const SapCell<acc_t<T>>* __restrict__ cells,
+                                             int64_t rows, int64_t cols, int64_t s,
+                                             const Strided4& xs, T* __restrict__ out,
+                                             const Strided4& os, bool count_include_pad,
+                                             SapCell<acc_t<T>>* __restrict__ next) {
   using A = acc_t<T>;
-  const int64_t total = planes * rows * cols;
-  const int64_t next_rows = sap_out_size(rows, 2), next_cols = sap_out_size(cols, 2);
+  const CellGrid<CL> grid{xs.c, rows, cols}, coarser = grid.coarser();
+  const int64_t total = xs.n * xs.c * rows * cols;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * kThreads) {
-    const int64_t ox = i % cols, oy = (i / cols) % rows, plane = i / (cols * rows);
-    const SapCell<A>* plane_cells = cells + plane * rows * cols;
+    int64_t b, c, oy, ox;
+    grid.split(i, b, c, oy, ox);
+    const SapCell<A>* plane_cells = cells + grid.origin(b, c);
     const auto cell = [&](int64_t a, int64_t k) {
       return a < 0 || a >= rows || k < 0 || k >= cols ? SapCell<A>{A(0), A(0), A(0), A(0)}
-                                                       : plane_cells[a * cols + k];
+                                                       : plane_cells[(a * cols + k) * grid.pitch()];
     };
     const A count = A(sap_window_count(oy, s, xs.h, count_include_pad) *
                       sap_window_count(ox, s, xs.w, count_include_pad));
-    const int64_t b = plane / xs.c, c = plane % xs.c;
     out[b * os.sn + c * os.sc + oy * os.sh + ox * os.sw] =
         from_acc<T>(sap_window_sum<A>(cell, oy, ox) / count);
     if (next != nullptr && oy % 2 == 0 && ox % 2 == 0)
-      next[(plane * next_rows + oy / 2) * next_cols + ox / 2] =
+      next[coarser.at(b, c, oy / 2, ox / 2)] =
           sap_merge(cell(oy, ox), cell(oy, ox + 1), cell(oy + 1, ox), cell(oy + 1, ox + 1));
   }
+}
+
+// No min_blocks: nvcc gives it 32 registers unasked, but spills it when told to cap at 32.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    coarse_level_kernel(const SapCell<acc_t<T>>* __restrict__ cells, int64_t rows, int64_t cols,
+                        int64_t s, Strided4 xs, T* __restrict__ out, Strided4 os,
+                        bool count_include_pad, SapCell<acc_t<T>>* __restrict__ next) {
+  coarse_level<T, false>(cells, rows, cols, s, xs, out, os, count_include_pad, next);
+}
+
+// The same over channel-fastest cells: neighbouring threads take neighbouring channels.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, min_blocks<T>())
+    coarse_level_channels_last_kernel(const SapCell<acc_t<T>>* __restrict__ cells,
+                                      int64_t rows, int64_t cols, int64_t s, Strided4 xs,
+                                      T* __restrict__ out, Strided4 os, bool count_include_pad,
+                                      SapCell<acc_t<T>>* __restrict__ next) {
+  coarse_level<T, true>(cells, rows, cols, s, xs, out, os, count_include_pad, next);
 }
 
 // Output gradient divided by its divisor, zero outside the outputs.
@@ -156,131 +257,197 @@ __device__ __forceinline__ acc_t<T> divided_grad(const T* g, const Strided4& gs,
 
 // Backward of level j >= 3, coarsest first: the gradient of each level j cell, its own outputs'
 // plus level j+1's folded in (`coarse`, null for the last level).
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    coarse_grad_kernel(const T* __restrict__ grad, Strided4 gs, int64_t s, Strided4 xs,
-                       bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ coarse,
-                       SapCell<acc_t<T>>* __restrict__ cells) {
+template <typename T, bool CL>
+__device__ __forceinline__ void coarse_grad(const T* __restrict__ grad, const Strided4& gs,
+                                            int64_t s, const Strided4& xs,
+                                            bool count_include_pad,
+                                            const SapCell<acc_t<T>>* __restrict__ coarse,
+                                            SapCell<acc_t<T>>* __restrict__ cells) {
   using A = acc_t<T>;
-  const int64_t rows = gs.h, cols = gs.w, planes = gs.n * gs.c;
-  const int64_t coarse_rows = sap_out_size(rows, 2), coarse_cols = sap_out_size(cols, 2);
-  const int64_t total = planes * rows * cols;
+  const CellGrid<CL> grid{gs.c, gs.h, gs.w}, coarser = grid.coarser();
+  const int64_t total = gs.n * gs.c * gs.h * gs.w;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * kThreads) {
-    const int64_t k = i % cols, r = (i / cols) % rows, plane = i / (cols * rows);
-    const T* g = grad + (plane / gs.c) * gs.sn + (plane % gs.c) * gs.sc;
+    int64_t b, c, r, k;
+    grid.split(i, b, c, r, k);
+    const T* g = grad + b * gs.sn + c * gs.sc;
     const auto w = [&](int64_t oy, int64_t ox) {
       return divided_grad(g, gs, oy, ox, s, xs, count_include_pad);
     };
     SapCell<A> cell = sap_cell_gradient<A>(w, r, k);
-    if (coarse != nullptr)
-      sap_fold(cell, coarse[(plane * coarse_rows + r / 2) * coarse_cols + k / 2], r, k);
+    if (coarse != nullptr) sap_fold(cell, coarse[coarser.at(b, c, r / 2, k / 2)], r, k);
     cells[i] = cell;
   }
 }
 
-// Backward of levels 1 and 2 and the pixels, per (plane, TILE x TILE tile): the divided output
-// gradients of the tile's windows (plus one each side) in shared memory, level 2 then level 1
-// cell gradients, level 3's folded in from `level3` (null when levels < 3), then each pixel.
-template <typename T, int TILE>
-__global__ void __launch_bounds__(kThreads)
-    fine_grad_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs, int levels,
-                     bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ level3) {
+template <typename T>
+__global__ void __launch_bounds__(kThreads, min_blocks<T>())
+    coarse_grad_kernel(const T* __restrict__ grad, Strided4 gs, int64_t s, Strided4 xs,
+                       bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ coarse,
+                       SapCell<acc_t<T>>* __restrict__ cells) {
+  coarse_grad<T, false>(grad, gs, s, xs, count_include_pad, coarse, cells);
+}
+
+// The same over channel-fastest cells: neighbouring threads take neighbouring channels.
+template <typename T>
+__global__ void __launch_bounds__(kThreads, min_blocks<T>())
+    coarse_grad_channels_last_kernel(const T* __restrict__ grad, Strided4 gs, int64_t s,
+                                     Strided4 xs, bool count_include_pad,
+                                     const SapCell<acc_t<T>>* __restrict__ coarse,
+                                     SapCell<acc_t<T>>* __restrict__ cells) {
+  coarse_grad<T, true>(grad, gs, s, xs, count_include_pad, coarse, cells);
+}
+
+// Fills w, M x M entries per channel laid out as in fine_levels, with level j's divided output
+// gradients from output (oy0, ox0) on, for the block's channels (zeros past the last channel).
+template <typename T, int M, int CG>
+__device__ __forceinline__ void load_divided_grads(acc_t<T>* w, const SapGrads& grads, int j,
+                                                   int64_t oy0, int64_t ox0,
+                                                   const BlockChannels<CG>& bc,
+                                                   const Strided4& gxs, bool count_include_pad) {
+  const Strided4& gs = grads.shape[j - 1];
+  const T* g = static_cast<const T*>(grads.data[j - 1]) + bc.b * gs.sn;
+  for (int i = threadIdx.x; i < M * M * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int64_t c = bc.c0 + ch;
+    w[i] = c < gxs.c ? divided_grad(g + c * gs.sc, gs, oy0 + m / M, ox0 + m % M,
+                                    int64_t(1) << j, gxs, count_include_pad)
+                     : acc_t<T>(0);
+  }
+}
+
+// Backward of levels 1 and 2 and the pixels, per (CG channels, TILE x TILE tile): the divided
+// output gradients of the tile's windows (plus one each side) in shared memory, level 2 then
+// level 1 cell gradients, level 3's folded in from `level3` (null when levels < 3), then each
+// pixel. Shared arrays and loops are laid out as in fine_levels.
+template <typename T, int TILE, int CG>
+__device__ __forceinline__ void fine_grad(const SapGrads& grads, T* __restrict__ grad_x,
+                                          const Strided4& gxs, int levels,
+                                          bool count_include_pad,
+                                          const SapCell<acc_t<T>>* __restrict__ level3) {
   using A = acc_t<T>;
   constexpr int M1 = TILE / 2 + 2, M2 = TILE / 4 + 2;  // outputs per side, 1 before, 1 after
   constexpr int N1 = TILE / 2, N2 = TILE / 4;          // cells per side
-  __shared__ A w1[M1 * M1];
-  __shared__ A w2[M2 * M2];
-  __shared__ SharedCells<A, N1 * N1> cells1;
-  __shared__ SharedCells<A, N2 * N2> cells2;
+  __shared__ A w1[M1 * M1 * CG];
+  __shared__ A w2[M2 * M2 * CG];
+  __shared__ SharedCells<A, N1 * N1 * CG> cells1;
+  __shared__ SharedCells<A, N2 * N2 * CG> cells2;
 
-  const int64_t plane = blockIdx.x;
-  const int64_t b = plane / gxs.c, c = plane % gxs.c;
+  const BlockChannels<CG> bc(gxs.c);
   const int64_t y0 = int64_t(blockIdx.z) * TILE, x0 = int64_t(blockIdx.y) * TILE;
-  const Strided4& gs1 = grads.shape[0];
-  const T* g1 = static_cast<const T*>(grads.data[0]) + b * gs1.sn + c * gs1.sc;
-  for (int i = threadIdx.x; i < M1 * M1; i += kThreads)
-    w1[i] = divided_grad(g1, gs1, y0 / 2 - 1 + i / M1, x0 / 2 - 1 + i % M1, 2, gxs,
-                         count_include_pad);
-  if (levels >= 2) {
-    const Strided4& gs2 = grads.shape[1];
-    const T* g2 = static_cast<const T*>(grads.data[1]) + b * gs2.sn + c * gs2.sc;
-    for (int i = threadIdx.x; i < M2 * M2; i += kThreads)
-      w2[i] = divided_grad(g2, gs2, y0 / 4 - 1 + i / M2, x0 / 4 - 1 + i % M2, 4, gxs,
-                           count_include_pad);
-  }
+  load_divided_grads<T, M1>(w1, grads, 1, y0 / 2 - 1, x0 / 2 - 1, bc, gxs, count_include_pad);
+  if (levels >= 2)
+    load_divided_grads<T, M2>(w2, grads, 2, y0 / 4 - 1, x0 / 4 - 1, bc, gxs, count_include_pad);
   __syncthreads();
   if (levels >= 2) {
-    const int64_t rows3 = sap_out_size(gxs.h, 8), cols3 = sap_out_size(gxs.w, 8);
-    const auto w = [&](int64_t oy, int64_t ox) { return w2[(oy + 1) * M2 + ox + 1]; };
-    for (int i = threadIdx.x; i < N2 * N2; i += kThreads) {
-      const int r = i / N2, q = i % N2;
+    const CellGrid<(CG > 1)> grid3{gxs.c, sap_out_size(gxs.h, 8), sap_out_size(gxs.w, 8)};
+    for (int i = threadIdx.x; i < N2 * N2 * CG; i += kThreads) {
+      const int ch = i % CG, m = i / CG;
+      const int r = m / N2, q = m % N2;
+      const auto w = [&](int64_t a, int64_t k) { return w2[((a + 1) * M2 + k + 1) * CG + ch]; };
       SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
-      const int64_t gy = y0 / 4 + r, gx = x0 / 4 + q;  // global level 2 cell
-      if (level3 != nullptr && gy / 2 < rows3 && gx / 2 < cols3)
-        sap_fold(cell, level3[(plane * rows3 + gy / 2) * cols3 + gx / 2], gy, gx);
+      const int64_t gy = y0 / 4 + r, gx = x0 / 4 + q, c = bc.c0 + ch;  // global level 2 cell
+      if (level3 != nullptr && gy / 2 < grid3.rows && gx / 2 < grid3.cols && c < gxs.c)
+        sap_fold(cell, level3[grid3.at(bc.b, c, gy / 2, gx / 2)], gy, gx);
       cells2.set(i, cell);
     }
   }
   __syncthreads();
-  {
-    const auto w = [&](int64_t oy, int64_t ox) { return w1[(oy + 1) * M1 + ox + 1]; };
-    for (int i = threadIdx.x; i < N1 * N1; i += kThreads) {
-      const int r = i / N1, q = i % N1;
-      SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
-      if (levels >= 2) sap_fold(cell, cells2[(r / 2) * N2 + q / 2], r, q);
-      cells1.set(i, cell);
-    }
+  for (int i = threadIdx.x; i < N1 * N1 * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int r = m / N1, q = m % N1;
+    const auto w = [&](int64_t a, int64_t k) { return w1[((a + 1) * M1 + k + 1) * CG + ch]; };
+    SapCell<A> cell = sap_cell_gradient<A>(w, r, q);
+    if (levels >= 2) sap_fold(cell, cells2[((r / 2) * N2 + q / 2) * CG + ch], r, q);
+    cells1.set(i, cell);
   }
   __syncthreads();
-  T* dst = grad_x + b * gxs.sn + c * gxs.sc;
-  for (int i = threadIdx.x; i < TILE * TILE; i += kThreads) {
-    const int r = i / TILE, q = i % TILE;
-    const int64_t y = y0 + r, x = x0 + q;
-    if (y >= gxs.h || x >= gxs.w) continue;
-    dst[y * gxs.sh + x * gxs.sw] =
-        from_acc<T>(sap_pixel_gradient(cells1[(r / 2) * N1 + q / 2], r, q));
+  T* dst = grad_x + bc.b * gxs.sn;
+  for (int i = threadIdx.x; i < TILE * TILE * CG; i += kThreads) {
+    const int ch = i % CG, m = i / CG;
+    const int r = m / TILE, q = m % TILE;
+    const int64_t y = y0 + r, x = x0 + q, c = bc.c0 + ch;
+    if (y >= gxs.h || x >= gxs.w || c >= gxs.c) continue;
+    dst[c * gxs.sc + y * gxs.sh + x * gxs.sw] =
+        from_acc<T>(sap_pixel_gradient(cells1[((r / 2) * N1 + q / 2) * CG + ch], r, q));
   }
 }
 
-template <typename T>
-cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
+template <typename T, int TILE>
+__global__ void __launch_bounds__(kThreads, min_blocks<T>())
+    fine_grad_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs, int levels,
+                     bool count_include_pad, const SapCell<acc_t<T>>* __restrict__ level3) {
+  fine_grad<T, TILE, 1>(grads, grad_x, gxs, levels, count_include_pad, level3);
+}
+
+// The same for channels_last grad_x, CG channels per block.
+template <typename T, int TILE, int CG>
+__global__ void __launch_bounds__(kThreads, min_blocks<T>())
+    fine_grad_channels_last_kernel(SapGrads grads, T* __restrict__ grad_x, Strided4 gxs,
+                                   int levels, bool count_include_pad,
+                                   const SapCell<acc_t<T>>* __restrict__ level3) {
+  fine_grad<T, TILE, CG>(grads, grad_x, gxs, levels, count_include_pad, level3);
+}
+
+// The channel-fastest kernels take channels_last maps (channels adjacent in memory).
+bool channel_fastest(const Strided4& s) { return s.sc == 1 && s.c > 1; }
+
+// Grid of a tile kernel: (batch x channel groups, column tiles, row tiles), or an error when it
+// exceeds CUDA's grid limits.
+cudaError_t tile_grid(const Strided4& s, int tile, int channels, dim3& grid) {
+  const int64_t blocks = s.n * ((s.c + channels - 1) / channels);
+  const int64_t tiles_x = (s.w + tile - 1) / tile, tiles_y = (s.h + tile - 1) / tile;
+  if (blocks > INT32_MAX || tiles_x > 65535 || tiles_y > 65535)
+    return cudaErrorInvalidConfiguration;
+  grid = dim3(unsigned(blocks), unsigned(tiles_x), unsigned(tiles_y));
+  return cudaSuccess;
+}
+
+template <typename T, bool CL>
+cudaError_t forward_in_layout(const T* x, Strided4 xs, SapOutputs outs, int levels,
                     bool count_include_pad, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  constexpr int TILE = TileSide<A>::value;
-  const int64_t planes = xs.n * xs.c;
-  if (planes == 0 || xs.h == 0 || xs.w == 0) return cudaSuccess;
-  const int64_t tiles_x = (xs.w + TILE - 1) / TILE, tiles_y = (xs.h + TILE - 1) / TILE;
-  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535)
-    return cudaErrorInvalidConfiguration;
+  constexpr int TILE = Tiling<A, CL>::tile, CG = Tiling<A, CL>::channels;
+  dim3 grid;
+  cudaError_t err = tile_grid(xs, TILE, CG, grid);
+  if (err != cudaSuccess) return err;
   auto* cells = static_cast<SapCell<A>*>(workspace);
-  fine_levels_kernel<T, TILE><<<dim3(unsigned(planes), unsigned(tiles_x), unsigned(tiles_y)),
-                                kThreads, 0, stream>>>(x, xs, outs, levels, count_include_pad,
-                                                       levels >= 3 ? cells : nullptr);
-  cudaError_t err = cudaGetLastError();
+  SapCell<A>* level3 = levels >= 3 ? cells : nullptr;
+  if constexpr (CL)
+    fine_levels_channels_last_kernel<T, TILE, CG><<<grid, kThreads, 0, stream>>>(
+        x, xs, outs, levels, count_include_pad, level3);
+  else
+    fine_levels_kernel<T, TILE><<<grid, kThreads, 0, stream>>>(x, xs, outs, levels,
+                                                              count_include_pad, level3);
+  err = cudaGetLastError();
+  const int64_t planes = xs.n * xs.c;
   for (int j = 3; j <= levels && err == cudaSuccess; ++j) {
     const int64_t s = int64_t(1) << j;
     const int64_t rows = sap_out_size(xs.h, s), cols = sap_out_size(xs.w, s);
     SapCell<A>* next = j < levels ? cells + planes * rows * cols : nullptr;
-    coarse_level_kernel<T><<<blocks_for(planes * rows * cols), kThreads, 0, stream>>>(
-        cells, planes, rows, cols, s, xs, static_cast<T*>(outs.data[j - 1]), outs.shape[j - 1],
-        count_include_pad, next);
+    const unsigned blocks = blocks_for(planes * rows * cols);
+    T* out = static_cast<T*>(outs.data[j - 1]);
+    if constexpr (CL)
+      coarse_level_channels_last_kernel<T><<<blocks, kThreads, 0, stream>>>(
+          cells, rows, cols, s, xs, out, outs.shape[j - 1], count_include_pad, next);
+    else
+      coarse_level_kernel<T><<<blocks, kThreads, 0, stream>>>(
+          cells, rows, cols, s, xs, out, outs.shape[j - 1], count_include_pad, next);
     err = cudaGetLastError();
     cells = next;
   }
   return err;
 }
 
-template <typename T>
-cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, int levels,
+template <typename T, bool CL>
+cudaError_t backward_in_layout(SapGrads grads, T* grad_x, Strided4 gxs, int levels,
                      bool count_include_pad, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
-  constexpr int TILE = TileSide<A>::value;
+  constexpr int TILE = Tiling<A, CL>::tile, CG = Tiling<A, CL>::channels;
+  dim3 grid;
+  cudaError_t err = tile_grid(gxs, TILE, CG, grid);
+  if (err != cudaSuccess) return err;
   const int64_t planes = gxs.n * gxs.c;
-  if (planes == 0 || gxs.h == 0 || gxs.w == 0) return cudaSuccess;
-  const int64_t tiles_x = (gxs.w + TILE - 1) / TILE, tiles_y = (gxs.h + TILE - 1) / TILE;
-  if (planes > INT32_MAX || tiles_x > 65535 || tiles_y > 65535)
-    return cudaErrorInvalidConfiguration;
   // The workspace holds level 3's cells first, then level 4's, ...: fill it coarsest first.
   std::vector<SapCell<A>*> level_cells(kSapMaxLevels + 2, nullptr);
   auto* next = static_cast<SapCell<A>*>(workspace);
@@ -288,19 +455,49 @@ cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, int levels,
     level_cells[j] = next;
     next += planes * sap_out_size(gxs.h, int64_t(1) << j) * sap_out_size(gxs.w, int64_t(1) << j);
   }
-  cudaError_t err = cudaSuccess;
   for (int j = levels; j >= 3 && err == cudaSuccess; --j) {
     const Strided4& gs = grads.shape[j - 1];
-    coarse_grad_kernel<T><<<blocks_for(planes * gs.h * gs.w), kThreads, 0, stream>>>(
-        static_cast<const T*>(grads.data[j - 1]), gs, int64_t(1) << j, gxs, count_include_pad,
-        level_cells[j + 1], level_cells[j]);
+    const unsigned blocks = blocks_for(planes * gs.h * gs.w);
+    const T* g = static_cast<const T*>(grads.data[j - 1]);
+    if constexpr (CL)
+      coarse_grad_channels_last_kernel<T><<<blocks, kThreads, 0, stream>>>(
+          g, gs, int64_t(1) << j, gxs, count_include_pad, level_cells[j + 1], level_cells[j]);
+    else
+      coarse_grad_kernel<T><<<blocks, kThreads, 0, stream>>>(
+          g, gs, int64_t(1) << j, gxs, count_include_pad, level_cells[j + 1], level_cells[j]);
     err = cudaGetLastError();
   }
   if (err != cudaSuccess) return err;
-  fine_grad_kernel<T, TILE><<<dim3(unsigned(planes), unsigned(tiles_x), unsigned(tiles_y)),
-                              kThreads, 0, stream>>>(grads, grad_x, gxs, levels,
-                                                     count_include_pad, level_cells[3]);
+  if constexpr (CL)
+    fine_grad_channels_last_kernel<T, TILE, CG><<<grid, kThreads, 0, stream>>>(
+        grads, grad_x, gxs, levels, count_include_pad, level_cells[3]);
+  else
+    fine_grad_kernel<T, TILE><<<grid, kThreads, 0, stream>>>(grads, grad_x, gxs, levels,
+                                                            count_include_pad, level_cells[3]);
   return cudaGetLastError();
+}
+
+// Dispatches on the layout; empty maps launch nothing.
+template <typename T>
+cudaError_t forward(const T* x, Strided4 xs, SapOutputs outs, int levels,
+                    bool count_include_pad, void* workspace, cudaStream_t stream) {
+  if (xs.n * xs.c == 0 || xs.h == 0 || xs.w == 0) return cudaSuccess;
+  return channel_fastest(xs)
+             ? forward_in_layout<T, true>(x, xs, outs, levels, count_include_pad, workspace,
+                                          stream)
+             : forward_in_layout<T, false>(x, xs, outs, levels, count_include_pad, workspace,
+                                           stream);
+}
+
+template <typename T>
+cudaError_t backward(SapGrads grads, T* grad_x, Strided4 gxs, int levels,
+                     bool count_include_pad, void* workspace, cudaStream_t stream) {
+  if (gxs.n * gxs.c == 0 || gxs.h == 0 || gxs.w == 0) return cudaSuccess;
+  return channel_fastest(gxs)
+             ? backward_in_layout<T, true>(grads, grad_x, gxs, levels, count_include_pad,
+                                           workspace, stream)
+             : backward_in_layout<T, false>(grads, grad_x, gxs, levels, count_include_pad,
+                                            workspace, stream);
 }
 
 }  // namespace

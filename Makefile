@@ -58,14 +58,15 @@ env:
 
 build: env
 	@mkdir -p build
-	@# build_ext first keeps the objects in build/temp.* (--force: ninja, which tracks headers,
-	@# decides what to recompile): the editable install then finds the extension up to date,
-	@# and tests/test_package.py's `pip wheel` reuses the objects.
+	@# build_ext keeps the objects in build/temp.* (--force: ninja, which tracks headers, decides
+	@# what to recompile), so tests/test_package.py's `pip wheel` reuses them. The editable install
+	@# only registers the packages (RTSEG_NO_EXT=1): it would otherwise compile everything again
+	@# in a temporary folder; the in-place extension is what the source tree imports.
 	@if ! $(PYTHON) setup.py build_ext --inplace --force > build/build-ext.log 2>&1; then \
 		cat build/build-ext.log; echo "[make] build failed"; exit 1; fi
-	@if ! $(PYTHON) -m pip install -v --no-build-isolation --no-deps -e . > $(BUILD_LOG) 2>&1; then \
+	@if ! RTSEG_NO_EXT=1 $(PYTHON) -m pip install -v --no-build-isolation --no-deps -e . > $(BUILD_LOG) 2>&1; then \
 		cat $(BUILD_LOG); echo "[make] build failed"; exit 1; fi
-	@grep -h "\[rtseg setup\]" $(BUILD_LOG) || true
+	@grep -h "\[rtseg setup\]" build/build-ext.log || true
 # Triton <= 3.6 (torch 2.11's pin) breaks under TRITON_INTERPRET=1 (the CPU tests) with numpy 2.4;
 # later Tritons work with it (triton-lang/triton#9172)
 	@if $(PYTHON) -c 'import sys, numpy, torch, triton; v = lambda s: tuple(int(x) for x in s.split(".")[:2]); sys.exit(not (v(triton.__version__) < (3, 7) and v(numpy.__version__) >= (2, 4) and not torch.cuda.is_available()))' 2>/dev/null; then \

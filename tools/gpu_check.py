@@ -103,9 +103,8 @@ def find_tool(name):
 
 
 def build_env(dry_run=False):
-    """Environment of the build: this GPU's architectures only, every core, and the CUDA headers
-    torch's CUDA headers include (cusparse.h and cuBLAS from the nvidia pip packages where the
-    toolkit lacks them)."""
+    """Environment of the build: this GPU's architectures only and every core. setup.py finds
+    the CUDA library headers torch's CUDA headers include (cusparse.h, cuBLAS) by itself."""
     import torch
     env = dict(os.environ)
     if torch.cuda.is_available():
@@ -118,11 +117,6 @@ def build_env(dry_run=False):
     home = cuda_home()
     if home:
         env["CUDA_HOME"] = home
-    torch_site = os.path.dirname(os.path.dirname(torch.__file__))
-    extra = [d for d in glob.glob(os.path.join(torch_site, "nvidia", "*", "include"))
-             if os.path.exists(os.path.join(d, "cusparse.h"))]
-    if extra:
-        env["CPATH"] = os.pathsep.join(extra + [p for p in [env.get("CPATH")] if p])
     return env
 
 
@@ -174,7 +168,7 @@ def xdist_workers():
 
 def phase_build(ctx, timeout):
     env = build_env()
-    for key in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "CUDA_HOME", "CPATH"):
+    for key in ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "CUDA_HOME"):
         say(f"  {key}={env.get(key, '')}")
     status, secs = run([sys.executable, "setup.py", "build_ext", "--inplace"],
                        os.path.join(ctx.results, "build.log"), timeout, env)
@@ -329,7 +323,7 @@ def dry_run(ctx, phases):
     if "build" in phases:
         env = build_env(dry_run=True)
         say("build: " + " ".join(f"{k}={env.get(k, '')}" for k in
-                                 ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "CUDA_HOME", "CPATH")))
+                                 ("TORCH_CUDA_ARCH_LIST", "MAX_JOBS", "CUDA_HOME")))
         say(f"build: {sys.executable} setup.py build_ext --inplace; then import rtseg_ops "
             "and require a CUDA kernel for every op in backend_table()")
     if "tests" in phases:
